@@ -1,1 +1,22 @@
-//! weft-control-plane
+//! The Weft control plane (`weft-cp`) and its CLI (`weftctl`).
+//!
+//! - [`store`]: durable, ACID state behind a trait (SQLite embedded backend);
+//! - [`hub`]: config snapshots and deltas, pushed on change;
+//! - [`registry`]: live dataplane state and health timers;
+//! - [`ca`]: the mesh CA as held by the control plane;
+//! - [`api`]: the gRPC services (admin, discovery, identity);
+//! - [`server`]: wiring it all together;
+//! - [`cli`]: `weftctl`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod ca;
+pub mod cli;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod validate;

@@ -1,0 +1,410 @@
+//! The admin service: services, routes, dataplanes, tokens and the CA. Every change is
+//! validated first, committed in one store transaction, then pushed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use weft_certs::IdentityKind;
+use weft_certs::token::BootstrapClaims;
+use weft_proto::v1::admin_server::Admin;
+use weft_proto::v1::*;
+
+use super::{Shared, status};
+use crate::registry::now_unix;
+use crate::store::TokenRecord;
+use crate::validate;
+
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+pub struct AdminService {
+    shared: Arc<Shared>,
+}
+
+impl AdminService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        AdminService { shared }
+    }
+
+    /// After a committed change: publish it before answering, so the caller knows the
+    /// push is under way when the call returns.
+    async fn committed(&self) {
+        self.shared.metrics.admin_changes.inc();
+        if let Err(e) = self.shared.hub.reload().await {
+            tracing::error!(error = %e, "reload after change failed; will retry on the next change");
+            self.shared.hub.notify();
+        }
+    }
+}
+
+fn invalid(msg: String) -> Status {
+    Status::invalid_argument(msg)
+}
+
+/// What the app should speak for a declared selector, if anything.
+fn expected_app(protocol: Protocol) -> Option<AppProtocol> {
+    match protocol {
+        Protocol::Http => Some(AppProtocol::Http1),
+        Protocol::Http2 | Protocol::Grpc => Some(AppProtocol::Http2),
+        Protocol::Tcp | Protocol::Unspecified => None,
+    }
+}
+
+/// Warnings for instances whose probed protocol contradicts the selector.
+pub fn mismatch_warnings(service: &Service, dataplanes: &[Dataplane]) -> Vec<String> {
+    let declared = Protocol::try_from(service.protocol).unwrap_or(Protocol::Unspecified);
+    let Some(expected) = expected_app(declared) else {
+        return Vec::new();
+    };
+    dataplanes
+        .iter()
+        .filter_map(|dp| {
+            let seen = AppProtocol::try_from(dp.app_protocol).unwrap_or(AppProtocol::Unknown);
+            let contradicts = matches!(seen, AppProtocol::Http1 | AppProtocol::Http2 | AppProtocol::Opaque)
+                && seen != expected;
+            let down = seen == AppProtocol::Down;
+            if contradicts {
+                let fix = match seen {
+                    AppProtocol::Http1 => "http",
+                    AppProtocol::Http2 => "http2",
+                    _ => "tcp",
+                };
+                Some(format!(
+                    "declared {}, app behind {} speaks {}; fix the app or run `weftctl service set-protocol {} {fix}`",
+                    declared.selector_name(),
+                    dp.address,
+                    seen.display_name(),
+                    service.name
+                ))
+            } else if down {
+                Some(format!("app behind {} refuses connections", dp.address))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn token_kind(kind: i32) -> Result<(DataplaneKind, IdentityKind), Status> {
+    match DataplaneKind::try_from(kind) {
+        Ok(DataplaneKind::Sidecar) => Ok((DataplaneKind::Sidecar, IdentityKind::Service)),
+        Ok(DataplaneKind::Gateway) => Ok((DataplaneKind::Gateway, IdentityKind::Gateway)),
+        Ok(DataplaneKind::Ingress) => Ok((DataplaneKind::Ingress, IdentityKind::Ingress)),
+        _ => Err(invalid(
+            "token kind must be SIDECAR (--service NAME), GATEWAY (--gateway NAME) or INGRESS (--ingress NAME)".into(),
+        )),
+    }
+}
+
+fn token_info(t: &TokenRecord) -> TokenInfo {
+    TokenInfo {
+        id: t.id.clone(),
+        kind: t.kind as i32,
+        name: t.name.clone(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        revoked_at: t.revoked_at,
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String, Status> {
+    use ring::rand::SecureRandom as _;
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| Status::internal("no randomness available"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_service(
+        &self,
+        req: Request<CreateServiceRequest>,
+    ) -> Result<Response<Service>, Status> {
+        let r = req.into_inner();
+        validate::name("service", &r.name).map_err(invalid)?;
+        let protocol = validate::protocol(r.protocol, true).map_err(invalid)?;
+        validate::port(r.port).map_err(invalid)?;
+        let svc = self
+            .shared
+            .store
+            .create_service(&r.name, protocol, r.port, now_unix())
+            .await
+            .map_err(status)?;
+        tracing::info!(service = %svc.name, protocol = protocol.selector_name(), port = svc.port, revision = svc.revision, "service created");
+        self.committed().await;
+        Ok(Response::new(svc))
+    }
+
+    async fn get_service(
+        &self,
+        req: Request<GetServiceRequest>,
+    ) -> Result<Response<ServiceDetail>, Status> {
+        let name = req.into_inner().name;
+        let service = self.shared.store.get_service(&name).await.map_err(status)?;
+        let snap = self.shared.hub.current();
+        let latest = snap.relevant_version(DataplaneKind::Sidecar);
+        let dataplanes: Vec<Dataplane> = self
+            .shared
+            .store
+            .list_dataplanes()
+            .await
+            .map_err(status)?
+            .iter()
+            .filter(|d| d.kind == DataplaneKind::Sidecar && d.name == name)
+            .map(|d| self.shared.registry.view(d, latest))
+            .collect();
+        let warnings = mismatch_warnings(&service, &dataplanes);
+        Ok(Response::new(ServiceDetail {
+            service: Some(service),
+            dataplanes,
+            warnings,
+        }))
+    }
+
+    async fn list_services(
+        &self,
+        _req: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        let services = self.shared.store.list_services().await.map_err(status)?;
+        Ok(Response::new(ListServicesResponse { services }))
+    }
+
+    async fn delete_service(
+        &self,
+        req: Request<DeleteServiceRequest>,
+    ) -> Result<Response<DeleteServiceResponse>, Status> {
+        let name = req.into_inner().name;
+        let revision = self
+            .shared
+            .store
+            .delete_service(&name)
+            .await
+            .map_err(status)?;
+        tracing::info!(service = %name, revision, "service deleted");
+        self.committed().await;
+        Ok(Response::new(DeleteServiceResponse { revision }))
+    }
+
+    async fn set_protocol(
+        &self,
+        req: Request<SetProtocolRequest>,
+    ) -> Result<Response<Service>, Status> {
+        let r = req.into_inner();
+        let protocol = validate::protocol(r.protocol, false).map_err(invalid)?;
+        let svc = self
+            .shared
+            .store
+            .set_protocol(&r.name, protocol)
+            .await
+            .map_err(status)?;
+        tracing::info!(service = %svc.name, protocol = protocol.selector_name(), revision = svc.revision, "protocol selector set");
+        self.committed().await;
+        Ok(Response::new(svc))
+    }
+
+    async fn create_route(
+        &self,
+        req: Request<CreateRouteRequest>,
+    ) -> Result<Response<Route>, Status> {
+        let r = req.into_inner();
+        let route = Route {
+            host: validate::route_host(&r.host).map_err(invalid)?,
+            path_prefix: validate::path_prefix(&r.path_prefix).map_err(invalid)?,
+            service: r.service,
+            rewrite_host: validate::rewrite_host(&r.rewrite_host).map_err(invalid)?,
+            revision: 0,
+        };
+        validate::name("service", &route.service).map_err(invalid)?;
+        let route = self
+            .shared
+            .store
+            .create_route(route)
+            .await
+            .map_err(status)?;
+        tracing::info!(host = %route.host, prefix = %route.path_prefix, service = %route.service, "route created");
+        self.committed().await;
+        Ok(Response::new(route))
+    }
+
+    async fn list_routes(
+        &self,
+        _req: Request<ListRoutesRequest>,
+    ) -> Result<Response<ListRoutesResponse>, Status> {
+        let routes = self.shared.store.list_routes().await.map_err(status)?;
+        Ok(Response::new(ListRoutesResponse { routes }))
+    }
+
+    async fn delete_route(
+        &self,
+        req: Request<DeleteRouteRequest>,
+    ) -> Result<Response<DeleteRouteResponse>, Status> {
+        let r = req.into_inner();
+        let host = validate::route_host(&r.host).map_err(invalid)?;
+        let prefix = validate::path_prefix(&r.path_prefix).map_err(invalid)?;
+        let revision = self
+            .shared
+            .store
+            .delete_route(&host, &prefix)
+            .await
+            .map_err(status)?;
+        self.committed().await;
+        Ok(Response::new(DeleteRouteResponse { revision }))
+    }
+
+    async fn list_dataplanes(
+        &self,
+        req: Request<ListDataplanesRequest>,
+    ) -> Result<Response<ListDataplanesResponse>, Status> {
+        let filter = req.into_inner().name;
+        let snap = self.shared.hub.current();
+        let dataplanes = self
+            .shared
+            .store
+            .list_dataplanes()
+            .await
+            .map_err(status)?
+            .iter()
+            .filter(|d| filter.is_empty() || d.name == filter)
+            .map(|d| self.shared.registry.view(d, snap.relevant_version(d.kind)))
+            .collect();
+        Ok(Response::new(ListDataplanesResponse {
+            dataplanes,
+            latest_version: snap.version,
+        }))
+    }
+
+    async fn get_dataplane(
+        &self,
+        req: Request<GetDataplaneRequest>,
+    ) -> Result<Response<Dataplane>, Status> {
+        let id = req.into_inner().id;
+        let snap = self.shared.hub.current();
+        self.shared
+            .store
+            .list_dataplanes()
+            .await
+            .map_err(status)?
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| Response::new(self.shared.registry.view(d, snap.relevant_version(d.kind))))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no dataplane \"{id}\"; list them with `weftctl dataplane list`"
+                ))
+            })
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let r = req.into_inner();
+        let (kind, id_kind) = token_kind(r.kind)?;
+        validate::name(kind.segment(), &r.name).map_err(invalid)?;
+        if kind == DataplaneKind::Sidecar {
+            self.shared
+                .store
+                .get_service(&r.name)
+                .await
+                .map_err(status)?;
+        }
+        let ttl = match r.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL,
+            s => Duration::from_secs(s),
+        };
+        if ttl > MAX_TOKEN_TTL {
+            return Err(invalid(format!(
+                "token TTL {}s is too long: at most 365 days (e.g. --ttl 30d)",
+                ttl.as_secs()
+            )));
+        }
+        let now = now_unix();
+        let record = TokenRecord {
+            id: format!("tok-{}", random_hex(8)?),
+            kind,
+            name: r.name,
+            created_at: now,
+            expires_at: now.saturating_add(ttl.as_secs() as i64),
+            revoked_at: 0,
+        };
+        let claims = BootstrapClaims {
+            id: record.id.clone(),
+            kind: id_kind,
+            name: record.name.clone(),
+            expires_at: record.expires_at,
+            ca_sha256: self.shared.ca.current().signing.sha256_hex(),
+            trust_domain: self.shared.ca.trust_domain().as_str().to_owned(),
+        };
+        self.shared
+            .store
+            .create_token(record.clone())
+            .await
+            .map_err(status)?;
+        tracing::info!(token = %record.id, kind = kind.segment(), name = %record.name, "bootstrap token created");
+        Ok(Response::new(CreateTokenResponse {
+            info: Some(token_info(&record)),
+            token: claims.sign(&self.shared.token_key),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        _req: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        let tokens = self.shared.store.list_tokens().await.map_err(status)?;
+        Ok(Response::new(ListTokensResponse {
+            tokens: tokens.iter().map(token_info).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<RevokeTokenRequest>,
+    ) -> Result<Response<TokenInfo>, Status> {
+        let id = req.into_inner().id;
+        let t = self
+            .shared
+            .store
+            .revoke_token(&id, now_unix())
+            .await
+            .map_err(status)?;
+        tracing::info!(token = %t.id, "bootstrap token revoked");
+        Ok(Response::new(token_info(&t)))
+    }
+
+    async fn get_ca(&self, _req: Request<GetCaRequest>) -> Result<Response<CaInfo>, Status> {
+        let state = self.shared.ca.current();
+        let roots = state
+            .roots
+            .iter()
+            .map(|r| {
+                let (nb, na) = x509_parser::pem::parse_x509_pem(r.cert_pem.as_bytes())
+                    .ok()
+                    .and_then(|(_, pem)| {
+                        pem.parse_x509().ok().map(|c| {
+                            (
+                                c.validity().not_before.timestamp(),
+                                c.validity().not_after.timestamp(),
+                            )
+                        })
+                    })
+                    .unwrap_or((0, 0));
+                CaRoot {
+                    cert_pem: r.cert_pem.clone(),
+                    sha256: r.sha256.clone(),
+                    not_before: nb,
+                    not_after: na,
+                    signing: r.signing,
+                }
+            })
+            .collect();
+        Ok(Response::new(CaInfo {
+            trust_domain: self.shared.ca.trust_domain().as_str().to_owned(),
+            roots,
+            cert_ttl_seconds: self.shared.cert_ttl.as_secs(),
+        }))
+    }
+}

@@ -1,0 +1,293 @@
+//! Starts the control plane: store, CA, config hub, gRPC over TLS and the HTTP port.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use weft_certs::TrustDomain;
+use weft_proto::v1::admin_server::AdminServer;
+use weft_proto::v1::discovery_server::DiscoveryServer;
+use weft_proto::v1::identity_server::IdentityServer;
+
+use crate::api::{
+    Shared, admin::AdminService, auth, discovery::DiscoveryService, identity::IdentityService,
+};
+use crate::ca::{CaManager, write_atomic};
+use crate::hub::ConfigHub;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::{Store, StoreMeta, sqlite::SqliteStore};
+use crate::tls::{ServerTls, incoming};
+
+/// Lifetime of the control plane's own serving certificate; renewed at 70%.
+const SERVING_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Everything `weft-cp` is configured with.
+#[derive(Clone, Debug)]
+pub struct CpConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub trust_domain: String,
+    pub cert_ttl: Duration,
+    pub sans: Vec<String>,
+    pub ca_files: Option<(PathBuf, PathBuf)>,
+    pub grace: Duration,
+    pub dataplane_expiry: Duration,
+}
+
+fn random_hex(n: usize) -> anyhow::Result<String> {
+    use ring::rand::SecureRandom as _;
+    let mut buf = vec![0u8; n];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| anyhow::anyhow!("the system has no randomness available"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Opens the store and its identity. On first start, creates the admin token and writes
+/// it to `<data-dir>/admin.token` (0600). The token file is staged before the store
+/// commits and renamed after, so a crash at any point never leaves a store whose admin
+/// token is lost.
+async fn open_store(cfg: &CpConfig) -> anyhow::Result<(Arc<dyn Store>, StoreMeta, bool)> {
+    let dir = &cfg.data_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create --data-dir {}", dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let store = SqliteStore::open(&dir.join("weft.db"))?;
+    let token_path = dir.join("admin.token");
+    let staged = dir.join("admin.token.new");
+
+    let admin_token = format!("weft-admin-{}", random_hex(24)?);
+    let init = StoreMeta {
+        control_plane_id: random_hex(16)?,
+        trust_domain: cfg.trust_domain.clone(),
+        token_key: random_hex(32)?.into_bytes(),
+        admin_token_sha256: auth::token_sha256(&admin_token),
+    };
+    write_atomic(&staged, format!("{admin_token}\n").as_bytes(), 0o600)?;
+    let meta = store.meta_or_init(init.clone()).await?;
+    let created = meta.control_plane_id == init.control_plane_id;
+    if created {
+        std::fs::rename(&staged, &token_path)
+            .with_context(|| format!("cannot write {}", token_path.display()))?;
+    } else {
+        // Recover a token staged by a first start that crashed before the rename.
+        let staged_matches = std::fs::read_to_string(&staged)
+            .ok()
+            .is_some_and(|t| auth::token_sha256(&t) == meta.admin_token_sha256);
+        if staged_matches && !token_path.exists() {
+            std::fs::rename(&staged, &token_path)?;
+        } else {
+            let _ = std::fs::remove_file(&staged);
+        }
+    }
+    Ok((Arc::new(store), meta, created))
+}
+
+/// SANs of the serving certificate: loopback, the host name, the listen address and
+/// every `--san`.
+fn serving_names(cfg: &CpConfig) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns = vec!["localhost".to_owned()];
+    let mut ips: Vec<IpAddr> = vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+    ];
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        let h = h.trim().to_ascii_lowercase();
+        if !h.is_empty() && h != "localhost" {
+            dns.push(h);
+        }
+    }
+    if !cfg.listen.ip().is_unspecified() {
+        ips.push(cfg.listen.ip());
+    }
+    for san in &cfg.sans {
+        match san.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(san.to_ascii_lowercase()),
+        }
+    }
+    dns.dedup();
+    ips.dedup();
+    (dns, ips)
+}
+
+/// Runs the control plane until `shutdown` resolves.
+pub async fn run(
+    cfg: CpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (store, meta, created) = open_store(&cfg).await?;
+    if meta.trust_domain != cfg.trust_domain {
+        anyhow::bail!(
+            "the store in {} was created for trust domain \"{}\", not \"{}\"; pass --trust-domain {} (a trust domain cannot change in place)",
+            cfg.data_dir.display(),
+            meta.trust_domain,
+            cfg.trust_domain,
+            meta.trust_domain
+        );
+    }
+    let trust_domain = TrustDomain::new(&meta.trust_domain)
+        .map_err(|e| anyhow::anyhow!("invalid --trust-domain: {e}"))?;
+    let hub = ConfigHub::new(
+        store.clone(),
+        meta.control_plane_id.clone(),
+        meta.trust_domain.clone(),
+    )
+    .await?;
+    let ca = CaManager::init(
+        store.clone(),
+        trust_domain,
+        &cfg.data_dir,
+        cfg.ca_files.clone(),
+    )
+    .await?;
+    hub.reload().await?;
+    tokio::spawn(hub.clone().run());
+
+    let metrics = Arc::new(Metrics::new());
+    {
+        let (metrics, mut rx) = (metrics.clone(), hub.subscribe());
+        tokio::spawn(async move {
+            loop {
+                metrics
+                    .config_version
+                    .set(rx.borrow_and_update().version as i64);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let registry = Registry::new(store.clone(), hub.clone(), cfg.grace, cfg.dataplane_expiry);
+    registry.start().await?;
+
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        hub: hub.clone(),
+        registry,
+        ca: ca.clone(),
+        metrics: metrics.clone(),
+        control_plane_id: meta.control_plane_id.clone(),
+        token_key: meta.token_key.clone(),
+        cert_ttl: cfg.cert_ttl,
+    });
+
+    let (dns, ips) = serving_names(&cfg);
+    let serving = ServerTls::new(serving_config(&ca, &dns, &ips)?);
+    {
+        // Renew the serving certificate at 70% of its life; open connections keep theirs.
+        let (ca, serving, dns, ips) = (ca.clone(), serving.clone(), dns.clone(), ips.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SERVING_CERT_TTL.mul_f64(0.7)).await;
+                match serving_config(&ca, &dns, &ips) {
+                    Ok(c) => serving.set(c),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot renew the control plane certificate")
+                    }
+                }
+            }
+        });
+    }
+
+    let listener = TcpListener::bind(cfg.listen).await.with_context(|| {
+        format!(
+            "cannot listen on --listen {}: is another weft-cp running?",
+            cfg.listen
+        )
+    })?;
+    let http_listener = TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("cannot listen on --http {}", cfg.http))?;
+    tokio::spawn(crate::http::serve(
+        http_listener,
+        metrics.clone(),
+        store.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["", "weft.v1.Admin", "weft.v1.Discovery", "weft.v1.Identity"] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(weft_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(weft_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    print_banner(&cfg, &ca, created);
+    tracing::info!(listen = %cfg.listen, http = %cfg.http, data_dir = %cfg.data_dir.display(), "weft-cp serving");
+
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AdminServer::with_interceptor(
+            AdminService::new(shared.clone()),
+            auth::AdminAuth::new(meta.admin_token_sha256.clone()),
+        ))
+        .add_service(DiscoveryServer::new(DiscoveryService::new(shared.clone())))
+        .add_service(IdentityServer::new(IdentityService::new(shared.clone())))
+        .serve_with_incoming_shutdown(incoming(listener, serving), shutdown)
+        .await
+        .context("gRPC server failed")?;
+    tracing::info!("weft-cp stopped");
+    Ok(())
+}
+
+fn serving_config(
+    ca: &CaManager,
+    dns: &[String],
+    ips: &[IpAddr],
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let identity = ca.issue_control_plane_identity(dns, ips, SERVING_CERT_TTL)?;
+    let bundle = ca.current().bundle.clone();
+    Ok(weft_certs::control_plane_server_config(
+        &identity,
+        &bundle,
+        &[b"h2"],
+    )?)
+}
+
+fn print_banner(cfg: &CpConfig, ca: &CaManager, created: bool) {
+    let dir = cfg.data_dir.display();
+    let port = cfg.listen.port();
+    let default_dir =
+        Path::new("weft-data") == cfg.data_dir || Path::new("./weft-data") == cfg.data_dir;
+    if created {
+        println!(
+            "weft-cp: new mesh (trust domain {}), CA sha256 {}",
+            ca.trust_domain().as_str(),
+            ca.current().signing.sha256_hex()
+        );
+        println!("weft-cp: admin token written to {dir}/admin.token (mode 0600)");
+    }
+    println!(
+        "weft-cp: gRPC (TLS) on {}, metrics on http://{}/metrics",
+        cfg.listen, cfg.http
+    );
+    if default_dir && port == 7400 {
+        println!("weft-cp: run weftctl from this directory (it reads ./weft-data), or elsewhere:");
+    } else {
+        println!("weft-cp: point weftctl at this control plane with:");
+    }
+    println!(
+        "  export WEFT_CP=https://127.0.0.1:{port} WEFT_CA={dir}/ca.pem WEFT_TOKEN=$(cat {dir}/admin.token)"
+    );
+}

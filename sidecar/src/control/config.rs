@@ -1,0 +1,244 @@
+//! The config a dataplane holds, and how a [`ConfigUpdate`] applies to it.
+//!
+//! An update is applied to a copy and checked before it replaces the current config, so
+//! a bad update is nacked and the dataplane keeps serving the version it had.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use weft_proto::v1::{ConfigUpdate, Protocol};
+
+/// One service as a dataplane sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub name: String,
+    /// Selector name: tcp, http, http2 or grpc (unset is held as tcp).
+    pub protocol: String,
+    /// Whether a selector was set at all.
+    pub protocol_set: bool,
+    /// Outbound port, 0 = none.
+    pub port: u16,
+}
+
+/// One endpoint of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointEntry {
+    pub id: String,
+    pub service: String,
+    pub address: String,
+    pub region: String,
+    pub healthy: bool,
+    pub identity: String,
+}
+
+/// A gateway route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    pub host: String,
+    pub path_prefix: String,
+    pub service: String,
+    pub rewrite_host: String,
+}
+
+/// Everything a dataplane holds, as of `version` from control plane `control_plane_id`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshConfig {
+    pub version: u64,
+    pub control_plane_id: String,
+    pub trust_domain: String,
+    pub services: BTreeMap<String, ServiceEntry>,
+    pub endpoints: BTreeMap<String, EndpointEntry>,
+    /// Keyed by `host` + path prefix.
+    pub routes: BTreeMap<String, RouteEntry>,
+    pub trust_bundle_pem: String,
+}
+
+/// Why an update cannot apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The delta was computed from a version this dataplane does not hold: resync.
+    #[error("delta from version {base} does not apply to held version {held}")]
+    BaseMismatch { base: u64, held: u64 },
+    /// The update is invalid: nack it.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn route_key(host: &str, prefix: &str) -> String {
+    format!("{host}{prefix}")
+}
+
+impl MeshConfig {
+    /// Applies `u` to a copy of `self` and returns it.
+    pub fn apply(&self, u: &ConfigUpdate) -> Result<MeshConfig, ApplyError> {
+        let mut next = if u.full {
+            MeshConfig::default()
+        } else {
+            if u.base_version != self.version || u.control_plane_id != self.control_plane_id {
+                return Err(ApplyError::BaseMismatch {
+                    base: u.base_version,
+                    held: self.version,
+                });
+            }
+            self.clone()
+        };
+        if u.version < u.base_version {
+            return Err(ApplyError::Invalid(format!(
+                "version {} is older than its base {}",
+                u.version, u.base_version
+            )));
+        }
+        next.version = u.version;
+        next.control_plane_id = u.control_plane_id.clone();
+        if !u.trust_domain.is_empty() {
+            next.trust_domain = u.trust_domain.clone();
+        }
+        for name in &u.removed_services {
+            next.services.remove(name);
+        }
+        for s in &u.services {
+            let protocol = Protocol::try_from(s.protocol).map_err(|_| {
+                ApplyError::Invalid(format!(
+                    "service {} has unknown protocol value {}",
+                    s.name, s.protocol
+                ))
+            })?;
+            let port = u16::try_from(s.port).map_err(|_| {
+                ApplyError::Invalid(format!("service {} has invalid port {}", s.name, s.port))
+            })?;
+            weft_certs::validate_name(&s.name)
+                .map_err(|e| ApplyError::Invalid(format!("service name {:?}: {e}", s.name)))?;
+            next.services.insert(
+                s.name.clone(),
+                ServiceEntry {
+                    name: s.name.clone(),
+                    protocol: protocol.selector_name().to_owned(),
+                    protocol_set: protocol != Protocol::Unspecified,
+                    port,
+                },
+            );
+        }
+        for id in &u.removed_endpoints {
+            next.endpoints.remove(id);
+        }
+        for e in &u.endpoints {
+            if e.address
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(ApplyError::Invalid(format!(
+                    "endpoint {} has invalid address {:?}",
+                    e.id, e.address
+                )));
+            }
+            next.endpoints.insert(
+                e.id.clone(),
+                EndpointEntry {
+                    id: e.id.clone(),
+                    service: e.service.clone(),
+                    address: e.address.clone(),
+                    region: e.region.clone(),
+                    healthy: e.healthy,
+                    identity: e.identity.clone(),
+                },
+            );
+        }
+        for r in &u.removed_routes {
+            next.routes.remove(&route_key(&r.host, &r.path_prefix));
+        }
+        for r in &u.routes {
+            next.routes.insert(
+                route_key(&r.host, &r.path_prefix),
+                RouteEntry {
+                    host: r.host.clone(),
+                    path_prefix: r.path_prefix.clone(),
+                    service: r.service.clone(),
+                    rewrite_host: r.rewrite_host.clone(),
+                },
+            );
+        }
+        if !u.trust_bundle_pem.is_empty() {
+            weft_certs::TrustBundle::from_pem(&u.trust_bundle_pem)
+                .map_err(|e| ApplyError::Invalid(format!("trust bundle: {e}")))?;
+            next.trust_bundle_pem = u.trust_bundle_pem.clone();
+        }
+        Ok(next)
+    }
+
+    /// Selector of `service`, `tcp` when unknown or unset.
+    pub fn protocol_of(&self, service: &str) -> &str {
+        self.services
+            .get(service)
+            .map(|s| s.protocol.as_str())
+            .unwrap_or("tcp")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proto::v1::{Endpoint, Service};
+
+    fn full() -> ConfigUpdate {
+        ConfigUpdate {
+            version: 5,
+            full: true,
+            control_plane_id: "cp".into(),
+            services: vec![Service {
+                name: "web".into(),
+                protocol: Protocol::Http as i32,
+                port: 8080,
+                ..Default::default()
+            }],
+            endpoints: vec![Endpoint {
+                id: "e1".into(),
+                service: "web".into(),
+                address: "127.0.0.1:15008".into(),
+                healthy: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn full_then_delta() {
+        let c = MeshConfig::default().apply(&full()).unwrap();
+        assert_eq!(c.version, 5);
+        assert_eq!(c.protocol_of("web"), "http");
+        let delta = ConfigUpdate {
+            version: 7,
+            base_version: 5,
+            control_plane_id: "cp".into(),
+            services: vec![Service {
+                name: "web".into(),
+                protocol: Protocol::Http2 as i32,
+                port: 8080,
+                ..Default::default()
+            }],
+            removed_endpoints: vec!["e1".into()],
+            ..Default::default()
+        };
+        let d = c.apply(&delta).unwrap();
+        assert_eq!(d.protocol_of("web"), "http2");
+        assert!(d.endpoints.is_empty());
+        // The same delta cannot apply twice: its base is gone.
+        assert!(matches!(
+            d.apply(&delta),
+            Err(ApplyError::BaseMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_updates_are_refused_whole() {
+        let mut bad = full();
+        bad.services[0].protocol = 99;
+        assert!(matches!(
+            MeshConfig::default().apply(&bad),
+            Err(ApplyError::Invalid(m)) if m.contains("unknown protocol")
+        ));
+        let mut bad = full();
+        bad.endpoints[0].address = "nowhere".into();
+        assert!(MeshConfig::default().apply(&bad).is_err());
+    }
+}
