@@ -40,7 +40,14 @@ pub fn channel(
     let server_name = ServerName::try_from(host.clone())
         .map_err(|_| ControlError::BadUrl(url.to_owned()))?
         .to_owned();
-    let endpoint = Endpoint::from_shared(format!("https://{host}:{port}"))
+    // The connector below does the TLS itself; tonic only refuses an https URI it would
+    // not encrypt, so the endpoint is named http:// here.
+    let authority = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let endpoint = Endpoint::from_shared(format!("http://{authority}:{port}"))
         .map_err(|_| ControlError::BadUrl(url.to_owned()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
