@@ -6,7 +6,7 @@
 //! - [`ca`]: the mesh CA as held by the control plane;
 //! - [`api`]: the gRPC services (admin, discovery, identity);
 //! - [`server`]: wiring it all together;
-//! - [`cli`]: `weftctl`.
+//! - [`cli`]: the `weftctl` command line.
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -298,10 +298,7 @@ impl Subscriber {
     pub async fn try_next_update(&mut self, within: Duration) -> Option<ConfigUpdate> {
         match tokio::time::timeout(within, self.rx.message()).await {
             Err(_) => None,
-            Ok(Ok(Some(r))) => match r.message {
-                Some(In::Update(u)) => Some(u),
-                None => None,
-            },
+            Ok(Ok(Some(r))) => r.message.map(|In::Update(u)| u),
             Ok(Ok(None)) => panic!("stream closed by the control plane"),
             Ok(Err(s)) => panic!("stream failed: {s}"),
         }

@@ -182,7 +182,7 @@ impl Session {
                 check = false;
                 let snap = snapshots.borrow_and_update().clone();
                 // A nacked version is not sent again; a newer one is.
-                if !nacked.is_some_and(|n| n >= snap.version) {
+                if nacked.is_none_or(|n| n < snap.version) {
                     match snap.update_for(self.kind, self.base) {
                         Some(update) => {
                             let version = update.version;

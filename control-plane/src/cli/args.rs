@@ -1,0 +1,215 @@
+//! Command-line syntax of `weftctl` (clap derive).
+//!
+//! Only syntax lives here. Values whose errors must follow the Weft wording (the
+//! protocol selector) are taken as plain strings and checked in [`super::commands`], so
+//! `weftctl` rather than clap writes the message that lists the valid selectors.
+//! Environment variables are not bound through clap either: they are read once in
+//! `main` and resolved with the flags in [`super::options`], a pure function that
+//! tests can drive without touching the process environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+/// `weftctl`: manage a Weft service mesh through its control plane.
+#[derive(Debug, Parser)]
+#[command(name = "weftctl", version, about, propagate_version = true)]
+#[command(
+    after_help = "Environment: WEFT_CP, WEFT_TOKEN, WEFT_CA, WEFT_DATA_DIR stand in for the flags. \
+With none of them, weftctl reads ./weft-data/admin.token and ./weft-data/ca.pem."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Connection and output options, accepted before or after the subcommand.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GlobalArgs {
+    /// Control plane URL (https only) [env: WEFT_CP] [default: https://127.0.0.1:7400]
+    #[arg(long, global = true, value_name = "URL")]
+    pub cp: Option<String>,
+    /// Admin token [env: WEFT_TOKEN] [default: <data-dir>/admin.token]
+    #[arg(long, global = true, value_name = "T")]
+    pub token: Option<String>,
+    /// PEM file of the mesh CA that signed the control plane's certificate
+    /// [env: WEFT_CA] [default: <data-dir>/ca.pem]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Directory written by weft-cp holding admin.token and ca.pem
+    /// [env: WEFT_DATA_DIR] [default: ./weft-data when present]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Output format
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns with a header row.
+    #[default]
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mesh services and their protocol selector
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Gateway routes (public host -> service)
+    #[command(subcommand)]
+    Route(RouteCmd),
+    /// Registered sidecars, gateways and ingresses
+    #[command(subcommand)]
+    Dataplane(DataplaneCmd),
+    /// Bootstrap tokens for dataplanes
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The mesh certificate authority
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Create a service
+    Create {
+        name: String,
+        /// What the app speaks: tcp, http, http2 or grpc
+        #[arg(long, value_name = "tcp|http|http2|grpc")]
+        protocol: String,
+        /// Outbound port every sidecar listens on for this service
+        #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+    },
+    /// List services
+    List,
+    /// Show a service, its dataplanes and any protocol mismatch
+    Get { name: String },
+    /// Delete a service
+    Delete { name: String },
+    /// Change a service's protocol selector (pushed to every sidecar)
+    SetProtocol {
+        name: String,
+        #[arg(value_name = "tcp|http|http2|grpc")]
+        protocol: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RouteCmd {
+    /// Create a gateway route; HOST may be a wildcard like *.example.com
+    Create {
+        host: String,
+        /// Target service
+        #[arg(long, value_name = "NAME")]
+        service: String,
+        /// Path prefix the route applies to (default /)
+        #[arg(long, value_name = "/p")]
+        path_prefix: Option<String>,
+        /// Host sent upstream instead of the public one
+        #[arg(long, value_name = "H")]
+        rewrite_host: Option<String>,
+    },
+    /// List gateway routes
+    List,
+    /// Delete a gateway route
+    Delete {
+        host: String,
+        /// Path prefix of the route (default /)
+        #[arg(long, value_name = "/p")]
+        path_prefix: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataplaneCmd {
+    /// List dataplanes with their config sync state
+    List {
+        /// Only dataplanes of this service, gateway or ingress
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Show one dataplane
+    Get { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a bootstrap token (printed on the last line of stdout)
+    Create(TokenCreateArgs),
+    /// List bootstrap tokens
+    List,
+    /// Revoke a bootstrap token by id
+    Revoke { id: String },
+}
+
+/// Which identity a new token may obtain: exactly one of the three.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("identity").required(true).args(["service", "gateway", "ingress"])))]
+pub struct TokenCreateArgs {
+    /// Token for a sidecar of this service
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// Token for the gateway of this name
+    #[arg(long, value_name = "NAME")]
+    pub gateway: Option<String>,
+    /// Token for the region ingress of this name
+    #[arg(long, value_name = "NAME")]
+    pub ingress: Option<String>,
+    /// Lifetime, e.g. 1h, 7d
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// Show the trust domain, certificate lifetime and CA roots
+    Show,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn token_create_needs_exactly_one_identity() {
+        assert!(Cli::try_parse_from(["weftctl", "token", "create"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "weftctl",
+                "token",
+                "create",
+                "--service",
+                "a",
+                "--gateway",
+                "b"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["weftctl", "token", "create", "--ingress", "us"]).is_ok());
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["weftctl", "service", "list", "-o", "json", "--cp", "x"]);
+        let Ok(cli) = cli else {
+            panic!("parse failed");
+        };
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.cp.as_deref(), Some("x"));
+    }
+}
