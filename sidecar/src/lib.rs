@@ -1,9 +1,22 @@
-//! Weft's data plane: the sidecar, the gateway and the region ingress.
+//! Weft's data plane: the sidecar beside every app (and, later, the gateway and the
+//! region ingress).
 //!
-//! This crate starts with [`control`]: how a dataplane obtains its identity from the
-//! control plane, keeps it renewed, and follows its config over the discovery stream,
-//! keeping the last good config on disk so it can keep serving (and restart) while the
-//! control plane is away.
+//! - [`control`]: identity from the control plane, renewal, and the discovery stream,
+//!   with the last good config kept on disk;
+//! - [`tunnel`]: mTLS HTTP/2 `CONNECT` tunnels between dataplanes;
+//! - [`outbound`]: per-service listeners that carry connections into the tunnel;
+//! - [`inbound`]: delivery to the app per protocol selector, translating HTTP versions
+//!   only here, at the last hop;
+//! - [`run`]: `weft-sidecar run`, wiring it all together.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod control;
+pub mod errors;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod probe;
+pub mod run;
+pub mod tls;
+pub mod tunnel;

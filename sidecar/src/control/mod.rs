@@ -4,11 +4,13 @@
 //!   mTLS after), reading the current credentials at every (re)connect;
 //! - [`bootstrap`]: first identity from a bootstrap token, renewal with the current
 //!   certificate;
+//! - [`bundle_sync`]: pushed trust bundles forwarded to the identity manager (CA rotation);
 //! - [`config`]: the config a dataplane holds, and how updates apply to it;
 //! - [`client`]: the discovery stream loop (hello, apply, ack/nack, resume, persist);
 //! - [`state_dir`]: what survives a restart.
 
 pub mod bootstrap;
+pub mod bundle_sync;
 pub mod channel;
 pub mod client;
 pub mod config;

@@ -1,0 +1,176 @@
+//! Choosing an endpoint: healthy endpoints in the caller's region first, then other
+//! regions; power of two choices on in-flight connections; an endpoint that refused is
+//! ejected for a while (doubling while it keeps refusing).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::control::config::{EndpointEntry, MeshConfig};
+
+const BASE_EJECTION: Duration = Duration::from_secs(5);
+const MAX_EJECTION: Duration = Duration::from_secs(60);
+
+struct Ejection {
+    until: Instant,
+    next: Duration,
+}
+
+/// Per-endpoint load and ejection state.
+pub struct Balancer {
+    region: String,
+    inflight: DashMap<String, Arc<AtomicUsize>>,
+    ejected: DashMap<String, Ejection>,
+}
+
+/// Holds one unit of in-flight load on an endpoint while alive.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Balancer {
+    pub fn new(region: &str) -> Arc<Self> {
+        Arc::new(Balancer {
+            region: region.to_owned(),
+            inflight: DashMap::new(),
+            ejected: DashMap::new(),
+        })
+    }
+
+    fn load(&self, id: &str) -> usize {
+        self.inflight
+            .get(id)
+            .map(|c| c.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    fn is_ejected(&self, addr: &str, now: Instant) -> bool {
+        self.ejected.get(addr).is_some_and(|e| e.until > now)
+    }
+
+    /// Picks an endpoint of `service`, skipping `exclude` (ids already tried).
+    pub fn pick(
+        &self,
+        config: &MeshConfig,
+        service: &str,
+        exclude: &[String],
+    ) -> Option<EndpointEntry> {
+        let now = Instant::now();
+        let usable: Vec<&EndpointEntry> = config
+            .endpoints
+            .values()
+            .filter(|e| e.service == service && e.healthy && !exclude.contains(&e.id))
+            .filter(|e| !self.is_ejected(&e.address, now))
+            .collect();
+        let local: Vec<&EndpointEntry> = usable
+            .iter()
+            .copied()
+            .filter(|e| e.region == self.region)
+            .collect();
+        let pool = if local.is_empty() { usable } else { local };
+        let chosen = match pool.len() {
+            0 => return None,
+            1 => pool[0],
+            n => {
+                let a = fastrand::usize(..n);
+                let mut b = fastrand::usize(..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                if self.load(&pool[b].id) < self.load(&pool[a].id) {
+                    pool[b]
+                } else {
+                    pool[a]
+                }
+            }
+        };
+        Some(chosen.clone())
+    }
+
+    /// Counts a connection to `id` until the guard drops.
+    pub fn start(&self, id: &str) -> InFlight {
+        let c = self.inflight.entry(id.to_owned()).or_default().clone();
+        c.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
+    }
+
+    /// The endpoint at `addr` refused: keep it out for a while.
+    pub fn eject(&self, addr: &str) {
+        let now = Instant::now();
+        let mut e = self.ejected.entry(addr.to_owned()).or_insert(Ejection {
+            until: now,
+            next: BASE_EJECTION,
+        });
+        e.until = now + e.next;
+        e.next = (e.next * 2).min(MAX_EJECTION);
+        tracing::info!(endpoint = addr, for_ = ?e.until.duration_since(now), "endpoint ejected");
+    }
+
+    /// The endpoint at `addr` worked: forget past refusals.
+    pub fn succeeded(&self, addr: &str) {
+        self.ejected.remove(addr);
+    }
+
+    /// Forgets state of endpoints no longer in the config.
+    pub fn retain(&self, config: &MeshConfig) {
+        self.inflight
+            .retain(|id, c| config.endpoints.contains_key(id) || c.load(Ordering::Relaxed) > 0);
+        self.ejected
+            .retain(|addr, _| config.endpoints.values().any(|e| &e.address == addr));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(id: &str, region: &str, healthy: bool) -> EndpointEntry {
+        EndpointEntry {
+            id: id.into(),
+            service: "web".into(),
+            address: format!("{id}:15008"),
+            region: region.into(),
+            healthy,
+            identity: "spiffe://weft.local/service/web".into(),
+        }
+    }
+
+    fn config(eps: Vec<EndpointEntry>) -> MeshConfig {
+        let mut c = MeshConfig::default();
+        for e in eps {
+            c.endpoints.insert(e.id.clone(), e);
+        }
+        c
+    }
+
+    #[test]
+    fn same_region_first_then_failover() {
+        let b = Balancer::new("eu");
+        let c = config(vec![ep("a", "eu", true), ep("b", "us", true)]);
+        for _ in 0..50 {
+            assert_eq!(b.pick(&c, "web", &[]).unwrap().id, "a");
+        }
+        b.eject("a:15008");
+        assert_eq!(b.pick(&c, "web", &[]).unwrap().id, "b");
+        let c = config(vec![ep("a", "eu", false), ep("b", "us", true)]);
+        let b = Balancer::new("eu");
+        assert_eq!(b.pick(&c, "web", &[]).unwrap().id, "b");
+        assert!(b.pick(&c, "web", &["b".into()]).is_none());
+    }
+
+    #[test]
+    fn least_loaded_of_two_wins() {
+        let b = Balancer::new("");
+        let c = config(vec![ep("a", "", true), ep("b", "", true)]);
+        let _held: Vec<InFlight> = (0..10).map(|_| b.start("a")).collect();
+        for _ in 0..50 {
+            assert_eq!(b.pick(&c, "web", &[]).unwrap().id, "b");
+        }
+    }
+}

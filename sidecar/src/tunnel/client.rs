@@ -1,0 +1,217 @@
+//! Opening tunnel streams: a pool with one HTTP/2 connection per peer (address and
+//! expected identity). A stream is a `CONNECT` whose `:authority` names the destination
+//! service; the peer answers 200 only once it has connected to its app, so a refusal
+//! arrives before any byte of the carried connection was sent and can be retried on
+//! another endpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use weft_certs::SpiffeId;
+
+use super::io::H2Io;
+use super::{CONNECT_TIMEOUT, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::tls::MeshTls;
+
+/// How often an idle tunnel connection is pinged, and how long the answer may take.
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a tunnel stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("cannot connect to {addr}: {err}")]
+    Connect { addr: String, err: std::io::Error },
+    #[error("TLS with {addr} failed: {err}")]
+    Tls { addr: String, err: std::io::Error },
+    #[error("tunnel to {addr} timed out")]
+    Timeout { addr: String },
+    #[error("HTTP/2 with {addr} failed: {err}")]
+    H2 { addr: String, err: h2::Error },
+    #[error("{addr} refused the stream for {service}: {status}")]
+    Refused {
+        addr: String,
+        service: String,
+        status: StatusCode,
+    },
+    #[error("invalid peer identity {0}")]
+    Identity(String),
+    #[error("{0}")]
+    Cert(#[from] weft_certs::CertError),
+}
+
+/// Where a stream goes.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// host:port of the peer's inbound listener.
+    pub address: String,
+    /// SPIFFE id the peer must present.
+    pub identity: String,
+    /// Destination service.
+    pub service: String,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Bytes>>>>;
+
+/// Whether a pooled connection can still open streams: a dead connection's `ready`
+/// fails at once; a live one is ready or merely waiting for stream capacity.
+fn alive(s: &SendRequest<Bytes>) -> bool {
+    use futures_util::FutureExt as _;
+    !matches!(s.clone().ready().now_or_never(), Some(Err(_)))
+}
+
+/// Pooled HTTP/2 connections to peers.
+pub struct TunnelPool {
+    tls: Arc<MeshTls>,
+    conns: DashMap<(String, String), Slot>,
+}
+
+impl TunnelPool {
+    pub fn new(tls: Arc<MeshTls>) -> Arc<Self> {
+        Arc::new(TunnelPool {
+            tls,
+            conns: DashMap::new(),
+        })
+    }
+
+    /// Number of peers with a pooled connection.
+    pub fn size(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Drops pooled connections to peers no longer in `keep` (address set); their
+    /// connections close once their open streams finish.
+    pub fn retain_addresses(&self, keep: &std::collections::HashSet<String>) {
+        self.conns.retain(|(addr, _), _| keep.contains(addr));
+    }
+
+    /// Opens a CONNECT stream to `target`.
+    pub async fn open(self: &Arc<Self>, target: &Target) -> Result<H2Io, TunnelError> {
+        let key = (target.address.clone(), target.identity.clone());
+        let slot = self.conns.entry(key.clone()).or_default().clone();
+        let mut sender = {
+            let mut guard = slot.lock().await;
+            match guard.as_ref().filter(|s| alive(s)) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = self.connect(target, key, slot.clone()).await?;
+                    *guard = Some(s.clone());
+                    s
+                }
+            }
+        };
+        let addr = target.address.clone();
+        let h2err = |err| TunnelError::H2 {
+            addr: addr.clone(),
+            err,
+        };
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("{}:0", target.service))
+            .body(())
+            .map_err(|_| TunnelError::Identity(target.service.clone()))?;
+        sender = sender.ready().await.map_err(h2err)?;
+        let (response, send) = sender.send_request(req, false).map_err(h2err)?;
+        let response = tokio::time::timeout(CONNECT_TIMEOUT * 2, response)
+            .await
+            .map_err(|_| TunnelError::Timeout { addr: addr.clone() })?
+            .map_err(h2err)?;
+        if response.status() != StatusCode::OK {
+            return Err(TunnelError::Refused {
+                addr,
+                service: target.service.clone(),
+                status: response.status(),
+            });
+        }
+        Ok(H2Io::new(send, response.into_body()))
+    }
+
+    async fn connect(
+        self: &Arc<Self>,
+        target: &Target,
+        key: (String, String),
+        slot: Slot,
+    ) -> Result<SendRequest<Bytes>, TunnelError> {
+        let addr = target.address.clone();
+        let expected = SpiffeId::parse(&target.identity)
+            .map_err(|_| TunnelError::Identity(target.identity.clone()))?;
+        let config = self.tls.client(&expected)?;
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| TunnelError::Timeout { addr: addr.clone() })?
+            .map_err(|err| TunnelError::Connect {
+                addr: addr.clone(),
+                err,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        // The verifier checks the SPIFFE id, not this name; SNI carries the service.
+        let sni = ServerName::try_from(format!("{}.weft", target.service))
+            .map_err(|_| TunnelError::Identity(target.service.clone()))?;
+        let tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_rustls::TlsConnector::from(config).connect(sni, tcp),
+        )
+        .await
+        .map_err(|_| TunnelError::Timeout { addr: addr.clone() })?
+        .map_err(|err| TunnelError::Tls {
+            addr: addr.clone(),
+            err,
+        })?;
+        let (sender, mut conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_send_buffer_size(1024 * 1024)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|err| TunnelError::H2 {
+                addr: addr.clone(),
+                err,
+            })?;
+        let mut ping = conn.ping_pong();
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let mut ticker = tokio::time::interval(PING_INTERVAL);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    r = &mut conn => {
+                        if let Err(e) = r {
+                            tracing::debug!(peer = %key.0, error = %e, "tunnel connection ended");
+                        }
+                        break;
+                    }
+                    _ = ticker.tick() => {
+                        if let Some(p) = ping.as_mut() {
+                            match tokio::time::timeout(PING_TIMEOUT, p.ping(h2::Ping::opaque())).await {
+                                Ok(Ok(_)) => {}
+                                _ => {
+                                    tracing::warn!(peer = %key.0, "tunnel peer stopped answering pings; closing");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // Forget this connection unless a newer one already replaced it.
+            if let Some(pool) = this.upgrade() {
+                let mut guard = slot.lock().await;
+                if !guard.as_ref().is_some_and(alive) {
+                    *guard = None;
+                    drop(guard);
+                    pool.conns.remove_if(&key, |_, s| Arc::ptr_eq(s, &slot));
+                }
+            }
+        });
+        Ok(sender)
+    }
+}
