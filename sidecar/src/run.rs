@@ -145,7 +145,7 @@ pub async fn run(
     );
     let _ = outbound_cell.set(outbound.clone());
     tokio::spawn(client.run());
-    crate::control::bundle_sync::spawn(manager.clone(), handles.config.clone());
+    crate::control::bundle_sync::spawn_bundle_sync(handles.config.clone(), manager.clone());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let delivery = Arc::new(Delivery {

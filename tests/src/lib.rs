@@ -372,3 +372,311 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A child process killed when dropped, with its output in a log file.
+pub struct Proc {
+    child: Option<Child>,
+    pub log: PathBuf,
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(program: PathBuf, args: Vec<String>, log: PathBuf) -> Proc {
+        let mut p = Proc {
+            child: None,
+            log,
+            program,
+            args,
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `within` for the exit.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// (current, peak) resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+pub async fn wait_port(addr: SocketAddr, within: Duration) {
+    let deadline = Instant::now() + within;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A demo app (`weft-demo-app`) on a free port.
+pub struct App {
+    pub addr: SocketAddr,
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl App {
+    /// `mode`: h1, h2c, auto or grpc.
+    pub async fn start(mode: &str, name: &str) -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let proc = Proc::spawn(
+            bin("weft-demo-app"),
+            vec![
+                "--listen".into(),
+                addr.to_string(),
+                "--mode".into(),
+                mode.into(),
+                "--name".into(),
+                name.into(),
+            ],
+            dir.path().join("app.log"),
+        );
+        wait_port(addr, Duration::from_secs(10)).await;
+        App {
+            addr,
+            proc,
+            _dir: dir,
+        }
+    }
+}
+
+/// A random loopback address, so parallel tests can bind the same service ports.
+pub fn loopback_ip() -> std::net::IpAddr {
+    std::net::IpAddr::from([
+        127,
+        fastrand::u8(1..=254),
+        fastrand::u8(1..=254),
+        fastrand::u8(2..=254),
+    ])
+}
+
+/// A running `weft-sidecar run`.
+pub struct Sidecar {
+    pub proc: Proc,
+    pub service: String,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub outbound_ip: std::net::IpAddr,
+    pub state_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts a sidecar for `service` in front of `app`, and waits until it is ready.
+    pub async fn start(cp: &ControlPlane, service: &str, app: SocketAddr, region: &str) -> Sidecar {
+        let token = cp.token_for(DataplaneKind::Sidecar, service).await;
+        Self::start_with(cp.url(), &token, service, app, region, &[]).await
+    }
+
+    pub async fn start_with(
+        cp_url: String,
+        token: &str,
+        service: &str,
+        app: SocketAddr,
+        region: &str,
+        extra: &[&str],
+    ) -> Sidecar {
+        let dir = tempfile::tempdir().unwrap();
+        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let outbound_ip = loopback_ip();
+        let state_dir = dir.path().join("state");
+        let mut args: Vec<String> = [
+            "run",
+            "--cp",
+            &cp_url,
+            "--token",
+            token,
+            "--service",
+            service,
+            "--app",
+            &app.to_string(),
+            "--region",
+            region,
+            "--inbound",
+            &inbound.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--outbound-ip",
+            &outbound_ip.to_string(),
+            "--state-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(state_dir.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn(bin("weft-sidecar"), args, dir.path().join("sidecar.log"));
+        let sc = Sidecar {
+            proc,
+            service: service.into(),
+            inbound,
+            admin,
+            outbound_ip,
+            state_dir,
+            _dir: dir,
+        };
+        sc.wait_ready(Duration::from_secs(30)).await;
+        sc
+    }
+
+    pub async fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(body) = http_get(self.admin, "/ready").await {
+                if body.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sidecar {} not ready; log:\n{}",
+                self.service,
+                self.proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The config the sidecar holds (its /config endpoint).
+    pub async fn config(&self) -> serde_json::Value {
+        let body = http_get(self.admin, "/config").await.unwrap_or_default();
+        let json = body.split("\r\n\r\n").nth(1).unwrap_or("{}");
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until the sidecar holds a config where `service` has `protocol`.
+    pub async fn wait_protocol(&self, service: &str, protocol: &str) {
+        eventually(Duration::from_secs(15), || async {
+            let c = self.config().await;
+            (c["services"][service]["protocol"] == protocol).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until the sidecar has a healthy endpoint count for `service`.
+    pub async fn wait_endpoints(&self, service: &str, healthy: usize) {
+        eventually(Duration::from_secs(15), || async {
+            let c = self.config().await;
+            let n = c["endpoints"]
+                .as_object()
+                .map(|m| {
+                    m.values()
+                        .filter(|e| e["service"] == service && e["healthy"] == true)
+                        .count()
+                })
+                .unwrap_or(0);
+            (n == healthy).then_some(())
+        })
+        .await;
+    }
+
+    /// The outbound address of `port` on this sidecar.
+    pub fn outbound(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.outbound_ip, port)
+    }
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close`; returns the raw response.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// Runs curl; returns (exit code, stdout, stderr).
+pub fn curl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl must be installed (apt-get install curl)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// curl that must succeed; returns the JSON body.
+pub fn curl_json(args: &[&str]) -> serde_json::Value {
+    let (code, out, err) = curl(args);
+    assert_eq!(code, 0, "curl {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("curl {args:?}: not JSON ({e}): {out}"))
+}
