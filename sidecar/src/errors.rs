@@ -155,7 +155,6 @@ pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt as _;
     use hyper::body::Body as _;
 
     #[test]
