@@ -680,3 +680,63 @@ pub fn curl_json(args: &[&str]) -> serde_json::Value {
     assert_eq!(code, 0, "curl {args:?} failed: {err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("curl {args:?}: not JSON ({e}): {out}"))
 }
+
+/// How to install the Python clients' packages.
+pub const PIP_INSTALL: &str = "python3 -m pip install -r tests/py/requirements.txt";
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn py_dir() -> PathBuf {
+    workspace_root().join("tests").join("py")
+}
+
+/// Fails (never skips) when the Python clients' packages are missing.
+pub fn require_python_packages() {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import grpc, grpc_tools, websockets, h2, hyperframe, wsproto",
+        ])
+        .output()
+        .unwrap_or_else(|err| panic!("python3 is needed ({err}); then run: {PIP_INSTALL}"));
+    assert!(
+        out.status.success(),
+        "the Python clients' packages are missing; install them with `{PIP_INSTALL}` \
+         (from the workspace root):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a Python client of tests/py; returns its JSON output and whether it exited 0.
+pub fn py(script: &str, args: &[&str]) -> (serde_json::Value, bool) {
+    require_python_packages();
+    let out = Command::new("python3")
+        .arg(py_dir().join(script))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|err| {
+        panic!(
+            "{script} {args:?} printed no JSON ({err}); stdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (json, out.status.success())
+}
+
+/// Runs a Python client that must succeed.
+pub fn py_ok(script: &str, args: &[&str]) -> serde_json::Value {
+    let (json, success) = py(script, args);
+    assert!(
+        success && json["ok"] == true,
+        "{script} {args:?} failed: {json:#}"
+    );
+    json
+}

@@ -15,9 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_tests::{bin, free_port};
-
-const PIP_INSTALL: &str = "python3 -m pip install -r tests/py/requirements.txt";
+use weft_tests::{bin, free_port, py, py_ok};
 
 /// A running `weft-demo-app`, killed when dropped.
 struct DemoApp {
@@ -102,63 +100,6 @@ impl Drop for DemoApp {
             let _ = child.wait();
         }
     }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn py_dir() -> PathBuf {
-    workspace_root().join("tests").join("py")
-}
-
-/// Fails (never skips) when the Python clients' packages are missing.
-fn require_python_packages() {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import grpc, grpc_tools, websockets, h2, hyperframe, wsproto",
-        ])
-        .output()
-        .unwrap_or_else(|err| panic!("python3 is needed ({err}); then run: {PIP_INSTALL}"));
-    assert!(
-        out.status.success(),
-        "the Python clients' packages are missing; install them with `{PIP_INSTALL}` \
-         (from the workspace root):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs a Python client of tests/py; returns its JSON output and whether it exited 0.
-fn py(script: &str, args: &[&str]) -> (Value, bool) {
-    require_python_packages();
-    let out = Command::new("python3")
-        .arg(py_dir().join(script))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|err| {
-        panic!(
-            "{script} {args:?} printed no JSON ({err}); stdout:\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (json, out.status.success())
-}
-
-/// Runs a Python client that must succeed.
-fn py_ok(script: &str, args: &[&str]) -> Value {
-    let (json, success) = py(script, args);
-    assert!(
-        success && json["ok"] == true,
-        "{script} {args:?} failed: {json:#}"
-    );
-    json
 }
 
 fn curl(args: &[&str]) -> Output {

@@ -175,31 +175,35 @@ impl TunnelPool {
                 addr: addr.clone(),
                 err,
             })?;
-        let mut ping = conn.ping_pong();
+        // The pinger runs on its own task: a PING completes only while the connection
+        // future is being polled, so it must never be awaited inside the driver.
+        let (dead_tx, mut dead_rx) = tokio::sync::oneshot::channel::<()>();
+        if let Some(mut pong) = conn.ping_pong() {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(PING_INTERVAL).await;
+                    match tokio::time::timeout(PING_TIMEOUT, pong.ping(h2::Ping::opaque())).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) => return, // the connection is gone already
+                        Err(_) => {
+                            let _ = dead_tx.send(());
+                            return;
+                        }
+                    }
+                }
+            });
+        }
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
-            let mut ticker = tokio::time::interval(PING_INTERVAL);
-            ticker.tick().await;
-            loop {
-                tokio::select! {
-                    r = &mut conn => {
-                        if let Err(e) = r {
-                            tracing::debug!(peer = %key.0, error = %e, "tunnel connection ended");
-                        }
-                        break;
+            tokio::select! {
+                r = &mut conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %key.0, error = %e, "tunnel connection ended");
                     }
-                    _ = ticker.tick() => {
-                        if let Some(p) = ping.as_mut() {
-                            match tokio::time::timeout(PING_TIMEOUT, p.ping(h2::Ping::opaque())).await {
-                                Ok(Ok(_)) => {}
-                                _ => {
-                                    tracing::warn!(peer = %key.0, "tunnel peer stopped answering pings; closing");
-                                    break;
-                                }
-                            }
-                        }
-                    }
+                }
+                Ok(()) = &mut dead_rx => {
+                    tracing::warn!(peer = %key.0, "tunnel peer stopped answering pings; closing");
                 }
             }
             // Forget this connection unless a newer one already replaced it.
