@@ -266,7 +266,7 @@ mod tests {
     fn accept_key_matches_rfc6455_example() {
         assert_eq!(
             super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaE9K5dq0DuZ8EYwCg="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }
