@@ -1,18 +1,38 @@
 //! The mesh CA as the control plane holds it: the signing root and the trust bundle,
 //! both loaded from the store (so a restart never makes a new CA), plus the control
 //! plane's own serving certificate, issued from that CA at start and renewed in place.
+//!
+//! # CA rotation
+//!
+//! A rotation moves signing to a new root without any connection failing, in three steps:
+//!
+//! 1. [`CaManager::begin_rotation`] generates a root and adds it to the trust bundle
+//!    *without* signing with it. The bundle is pushed on every discovery stream.
+//! 2. [`run_rotation`] waits, woken by acknowledgements rather than by polling, until
+//!    every connected dataplane acknowledged a config carrying that bundle; only then
+//!    does [`CaManager::switch_to`] make the new root sign (and the control plane's own
+//!    certificate is re-issued from it, see `server.rs`). Switching earlier would hand
+//!    out leaves that some peers cannot verify yet.
+//! 3. [`CaManager::retire`] removes the old root once every leaf it signed has expired
+//!    (one certificate TTL after the switch), or earlier when forced.
+//!
+//! The state lives in the store only: a root that is trusted, has a key and never signed
+//! is the target of a rotation in progress, which is how a restarted control plane
+//! resumes waiting.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{Mutex, watch};
 use weft_certs::{
     CertificateAuthority, Identity, IdentityKind, SpiffeId, TrustBundle, TrustDomain,
 };
 
-use crate::registry::now_unix;
-use crate::store::{CaRootRecord, Store};
+use crate::hub::ConfigHub;
+use crate::registry::{Registry, now_unix};
+use crate::store::{CaRootRecord, CaRootTimes, Store};
 
 /// Why the CA could not be set up. Each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +50,11 @@ pub enum CaError {
          --ca-cert/--ca-key are only read at first start. Remove the flags, or start with an empty --data-dir"
     )]
     Conflict { existing: String, given: String },
+    /// A rotation step that cannot be done now; the message says when it can.
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 fn cert_err(e: impl std::fmt::Display) -> CaError {
@@ -41,13 +66,53 @@ pub struct CaState {
     pub signing: CertificateAuthority,
     pub bundle: TrustBundle,
     pub roots: Vec<CaRootRecord>,
+    /// When each root stopped signing, in the order of `roots`.
+    pub times: Vec<CaRootTimes>,
+    /// Config revision at which the bundle last changed: a dataplane that acknowledged
+    /// this version (or later) holds this bundle.
+    pub bundle_revision: u64,
+}
+
+impl CaState {
+    /// When the root `sha256` stopped signing; 0 while it signs or if it never did.
+    pub fn signing_ended_at(&self, sha256: &str) -> i64 {
+        self.times
+            .iter()
+            .find(|t| t.sha256 == sha256)
+            .map_or(0, |t| t.signing_ended_at)
+    }
+
+    /// The target of a rotation in progress: trusted, able to sign, never signed.
+    pub fn pending(&self) -> Option<&CaRootRecord> {
+        self.roots
+            .iter()
+            .find(|r| !r.signing && !r.key_pem.is_empty() && self.signing_ended_at(&r.sha256) == 0)
+    }
+
+    /// When signing last moved to a new root, if an older root is still trusted.
+    pub fn last_switch(&self) -> Option<i64> {
+        self.times
+            .iter()
+            .map(|t| t.signing_ended_at)
+            .filter(|t| *t > 0)
+            .max()
+    }
+
+    /// The root that signs now.
+    pub fn signing_root(&self) -> Option<&CaRootRecord> {
+        self.roots.iter().find(|r| r.signing)
+    }
 }
 
 pub struct CaManager {
     store: Arc<dyn Store>,
     trust_domain: TrustDomain,
     data_dir: PathBuf,
-    state: RwLock<Arc<CaState>>,
+    /// Published so the serving certificate and the rotation task follow every change.
+    state: watch::Sender<Arc<CaState>>,
+    /// Serialises rotation steps: begin, switch and retire each read the state, then
+    /// write the store, and must not interleave (e.g. two rotations begun at once).
+    rotation: Mutex<()>,
 }
 
 /// Writes `contents` to `path` atomically (temp file + rename) with the given mode.
@@ -123,18 +188,22 @@ impl CaManager {
                 });
             }
         }
+        let (state, _) = watch::channel(Arc::new(Self::load_state(&store).await?));
         let mgr = Arc::new(CaManager {
             store: store.clone(),
             trust_domain,
             data_dir: data_dir.to_owned(),
-            state: RwLock::new(Arc::new(Self::load_state(&store).await?)),
+            state,
+            rotation: Mutex::new(()),
         });
         mgr.write_bundle_file()?;
         Ok(mgr)
     }
 
     async fn load_state(store: &Arc<dyn Store>) -> Result<CaState, CaError> {
-        let roots = store.config_state().await?.ca_roots;
+        let config = store.config_state().await?;
+        let (roots, bundle_revision) = (config.ca_roots, config.bundle_revision);
+        let times = store.ca_root_times().await?;
         let signing = roots
             .iter()
             .find(|r| r.signing)
@@ -150,16 +219,108 @@ impl CaManager {
             signing,
             bundle,
             roots,
+            times,
+            bundle_revision,
         })
     }
 
-    /// Re-reads roots from the store (after a rotation step) and rewrites ca.pem.
+    /// Re-reads roots from the store (after a rotation step), publishes them and
+    /// rewrites ca.pem.
     pub async fn refresh(&self) -> Result<(), CaError> {
         let state = Self::load_state(&self.store).await?;
-        if let Ok(mut guard) = self.state.write() {
-            *guard = Arc::new(state);
-        }
+        self.state.send_replace(Arc::new(state));
         self.write_bundle_file()
+    }
+
+    /// Every change of roots, signing root or bundle (rotation steps).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<CaState>> {
+        self.state.subscribe()
+    }
+
+    /// Step 1 of a rotation: a new root joins the bundle without signing. Returns its
+    /// SHA-256. The caller publishes the config so the bundle is pushed.
+    pub async fn begin_rotation(&self) -> Result<String, CaError> {
+        let _guard = self.rotation.lock().await;
+        if let Some(p) = self.current().pending() {
+            return Err(CaError::Precondition(format!(
+                "a CA rotation to root {} is already in progress; it switches once every connected \
+                 dataplane acknowledged the new bundle (see `weftctl ca show`)",
+                p.sha256
+            )));
+        }
+        let ca = CertificateAuthority::generate(&self.trust_domain).map_err(cert_err)?;
+        let sha = ca.sha256_hex();
+        self.store
+            .add_ca_root(CaRootRecord {
+                sha256: sha.clone(),
+                cert_pem: ca.cert_pem().to_owned(),
+                key_pem: ca.key_pem().to_owned(),
+                signing: false,
+                added_at: now_unix(),
+            })
+            .await?;
+        tracing::info!(sha256 = %sha, "CA rotation begun: new root added to the trust bundle; it signs once every connected dataplane acknowledged it");
+        self.refresh().await?;
+        Ok(sha)
+    }
+
+    /// Step 2: `sha256` becomes the signing root, if it is still the rotation target
+    /// (it may have been retired meanwhile). Returns whether it switched.
+    pub async fn switch_to(&self, sha256: &str) -> Result<bool, CaError> {
+        let _guard = self.rotation.lock().await;
+        if self.current().pending().is_none_or(|p| p.sha256 != sha256) {
+            return Ok(false);
+        }
+        self.store.set_signing_root(sha256, now_unix()).await?;
+        self.refresh().await?;
+        tracing::info!(sha256, "CA rotation: the new root signs from now on");
+        Ok(true)
+    }
+
+    /// Step 3: removes a root that does not sign from the bundle. Unless `force`, only
+    /// once `cert_ttl` has passed since it stopped signing, so that no valid certificate
+    /// signed by it is still in use. A rotation target (never signed) can always be
+    /// removed: that cancels the rotation. The caller publishes the config.
+    pub async fn retire(
+        &self,
+        sha256: &str,
+        force: bool,
+        cert_ttl: Duration,
+    ) -> Result<(), CaError> {
+        let _guard = self.rotation.lock().await;
+        let state = self.current();
+        let sha = sha256.trim().to_ascii_lowercase();
+        let Some(root) = state.roots.iter().find(|r| r.sha256 == sha) else {
+            return Err(CaError::NotFound(format!(
+                "no CA root with sha256 {sha} in the trust bundle; see `weftctl ca show`"
+            )));
+        };
+        if root.signing {
+            return Err(CaError::Precondition(format!(
+                "CA root {sha} is the signing root; rotate first with `weftctl ca rotate`, then retire it once the new root signs"
+            )));
+        }
+        let ended = state.signing_ended_at(&sha);
+        let ttl = i64::try_from(cert_ttl.as_secs()).unwrap_or(i64::MAX);
+        let retirable_at = ended.saturating_add(ttl);
+        let now = now_unix();
+        if ended > 0 && now < retirable_at && !force {
+            return Err(CaError::Precondition(format!(
+                "certificates signed by CA root {sha} may be valid until {} (it stopped signing at {}, \
+                 certificate TTL {}); retire it after that, or pass --force to cut off workloads that \
+                 have not renewed yet",
+                rfc3339(retirable_at),
+                rfc3339(ended),
+                humantime::format_duration(cert_ttl)
+            )));
+        }
+        self.store.remove_ca_root(&sha).await?;
+        if ended == 0 {
+            tracing::info!(sha256 = %sha, "CA rotation cancelled: its target root was removed before it signed");
+        } else {
+            tracing::info!(sha256 = %sha, forced = force && now < retirable_at, "CA root retired from the trust bundle");
+        }
+        self.refresh().await
     }
 
     fn write_bundle_file(&self) -> Result<(), CaError> {
@@ -168,10 +329,7 @@ impl CaManager {
     }
 
     pub fn current(&self) -> Arc<CaState> {
-        match self.state.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.state.borrow().clone()
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -193,5 +351,68 @@ impl CaManager {
             .issue_server_cert(&id, dns_names, ips, ttl)
             .map_err(cert_err)?;
         Identity::from_pem(&issued.chain_pem, &key_pem).map_err(cert_err)
+    }
+}
+
+/// Unix seconds as RFC 3339 (UTC), for messages.
+pub fn rfc3339(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Completes CA rotations: whenever a rotation target exists, waits until every
+/// connected dataplane acknowledged the bundle that carries it, then switches signing
+/// to it and publishes the config. Runs for the life of the control plane.
+///
+/// Event-driven: it wakes on CA changes and on the registry's connect/ack/disconnect
+/// notifications, never on a timer. With no dataplane connected it switches at once,
+/// except when a rotation is found pending at start-up: no stream is open yet then, so
+/// it first gives dataplanes `resume_grace` to reconnect and pick up the bundle.
+pub async fn run_rotation(
+    ca: Arc<CaManager>,
+    registry: Arc<Registry>,
+    hub: Arc<ConfigHub>,
+    resume_grace: Duration,
+) {
+    let mut ca_rx = ca.subscribe();
+    let mut dp_rx = registry.subscribe_changes();
+    if let Some(p) = ca.current().pending() {
+        tracing::info!(sha256 = %p.sha256, grace = ?resume_grace, "a CA rotation was in progress when weft-cp stopped; waiting for dataplanes to reconnect before switching");
+        tokio::time::sleep(resume_grace).await;
+    }
+    let mut last_progress = None;
+    loop {
+        // Mark both as seen before checking, so a change during the check wakes us.
+        let state = ca_rx.borrow_and_update().clone();
+        dp_rx.borrow_and_update();
+        if let Some(target) = state.pending() {
+            let (acked, connected) = registry.acked_count(state.bundle_revision);
+            if acked >= connected {
+                match ca.switch_to(&target.sha256).await {
+                    Ok(true) => {
+                        if let Err(e) = hub.reload().await {
+                            tracing::error!(error = %e, "reload after the CA switch failed; will retry on the next change");
+                            hub.notify();
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        // Store trouble: nothing else would wake us to retry.
+                        tracing::error!(error = %e, "cannot switch the signing CA root; retrying in 5 s");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+                last_progress = None;
+                continue;
+            }
+            if last_progress != Some((acked, connected)) {
+                tracing::info!(sha256 = %target.sha256, acked, connected, "CA rotation: waiting for connected dataplanes to acknowledge the new bundle");
+                last_progress = Some((acked, connected));
+            }
+        }
+        tokio::select! {
+            r = ca_rx.changed() => if r.is_err() { return },
+            r = dp_rx.changed() => if r.is_err() { return },
+        }
     }
 }

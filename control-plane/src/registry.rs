@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use tokio::sync::watch;
 use weft_proto::v1::{AppProtocol, DataplaneKind};
 
 use crate::hub::ConfigHub;
@@ -37,6 +38,9 @@ pub struct Registry {
     hub: Arc<ConfigHub>,
     grace: Duration,
     expiry: Duration,
+    /// Bumped whenever a stream connects, acknowledges a newer version or disconnects,
+    /// so that CA rotation can wait for acknowledgements without polling.
+    changes: watch::Sender<u64>,
 }
 
 pub fn now_unix() -> i64 {
@@ -60,7 +64,31 @@ impl Registry {
             hub,
             grace,
             expiry,
+            changes: watch::channel(0).0,
         })
+    }
+
+    fn bump_changes(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes on every connect, newer acknowledgement and disconnect.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Of the dataplanes connected now, how many acknowledged `version` or later, and how
+    /// many are connected: `(acked, connected)`.
+    pub fn acked_count(&self, version: u64) -> (usize, usize) {
+        self.live
+            .iter()
+            .filter(|e| e.connected)
+            .fold((0, 0), |(acked, connected), e| {
+                (
+                    acked + usize::from(e.acked_version >= version),
+                    connected + 1,
+                )
+            })
     }
 
     /// At start-up no stream is open: every stored dataplane gets the grace period to
@@ -84,10 +112,13 @@ impl Registry {
     /// A stream opened; returns its generation.
     pub fn connected(&self, id: &str, cert_expiry: i64) -> u64 {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut e = self.live.entry(id.to_owned()).or_default();
-        e.generation = generation;
-        e.connected = true;
-        e.cert_expiry = cert_expiry;
+        {
+            let mut e = self.live.entry(id.to_owned()).or_default();
+            e.generation = generation;
+            e.connected = true;
+            e.cert_expiry = cert_expiry;
+        }
+        self.bump_changes();
         generation
     }
 
@@ -98,8 +129,15 @@ impl Registry {
     }
 
     pub fn acked(&self, id: &str, version: u64) {
-        if let Some(mut e) = self.live.get_mut(id) {
-            e.acked_version = e.acked_version.max(version);
+        let newer = match self.live.get_mut(id) {
+            Some(mut e) if version > e.acked_version => {
+                e.acked_version = version;
+                true
+            }
+            _ => false,
+        };
+        if newer {
+            self.bump_changes();
         }
     }
 
@@ -139,6 +177,7 @@ impl Registry {
             e.connected = false;
             e.acked_version
         };
+        self.bump_changes();
         if let Err(e) = self
             .store
             .record_dataplane_seen(id, acked, now_unix())

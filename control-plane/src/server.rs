@@ -184,11 +184,18 @@ pub async fn run(
     let (dns, ips) = serving_names(&cfg);
     let serving = ServerTls::new(serving_config(&ca, &dns, &ips)?);
     {
-        // Renew the serving certificate at 70% of its life; open connections keep theirs.
+        // Renew the serving certificate at 70% of its life, and re-issue it whenever the
+        // CA changes: a new bundle must be accepted from clients at once (renewed leaves
+        // from a new root), and after a rotation switches, the control plane must present
+        // a certificate from the root that now signs. Open connections keep theirs.
         let (ca, serving, dns, ips) = (ca.clone(), serving.clone(), dns.clone(), ips.clone());
+        let mut changes = ca.subscribe();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(SERVING_CERT_TTL.mul_f64(0.7)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(SERVING_CERT_TTL.mul_f64(0.7)) => {}
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
                 match serving_config(&ca, &dns, &ips) {
                     Ok(c) => serving.set(c),
                     Err(e) => {
@@ -198,6 +205,12 @@ pub async fn run(
             }
         });
     }
+    tokio::spawn(crate::ca::run_rotation(
+        ca.clone(),
+        shared.registry.clone(),
+        hub.clone(),
+        cfg.grace,
+    ));
 
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| {
         format!(

@@ -11,6 +11,7 @@ use weft_proto::v1::admin_server::Admin;
 use weft_proto::v1::*;
 
 use super::{Shared, status};
+use crate::ca::{CaError, rfc3339};
 use crate::registry::now_unix;
 use crate::store::TokenRecord;
 use crate::validate;
@@ -376,7 +377,57 @@ impl Admin for AdminService {
     }
 
     async fn get_ca(&self, _req: Request<GetCaRequest>) -> Result<Response<CaInfo>, Status> {
+        Ok(Response::new(self.ca_info()))
+    }
+
+    async fn rotate_ca(&self, _req: Request<RotateCaRequest>) -> Result<Response<CaInfo>, Status> {
+        self.shared.ca.begin_rotation().await.map_err(ca_status)?;
+        // Publishing the new bundle is what the rotation task then waits on.
+        self.committed().await;
+        Ok(Response::new(self.ca_info()))
+    }
+
+    async fn retire_ca_root(
+        &self,
+        req: Request<RetireCaRootRequest>,
+    ) -> Result<Response<CaInfo>, Status> {
+        let r = req.into_inner();
+        if r.sha256.trim().is_empty() {
+            return Err(invalid(
+                "name the root to retire by its sha256 (see `weftctl ca show`)".into(),
+            ));
+        }
+        self.shared
+            .ca
+            .retire(&r.sha256, r.force, self.shared.cert_ttl)
+            .await
+            .map_err(ca_status)?;
+        self.committed().await;
+        Ok(Response::new(self.ca_info()))
+    }
+}
+
+/// CA errors as statuses: refusals keep their message; failures are logged in full.
+fn ca_status(e: CaError) -> Status {
+    match e {
+        CaError::Store(e) => status(e),
+        CaError::Precondition(m) => Status::failed_precondition(m),
+        CaError::NotFound(m) => Status::not_found(m),
+        other => {
+            tracing::error!(error = %other, "CA operation failed");
+            Status::internal(format!(
+                "the CA operation failed: {other}; see the weft-cp log"
+            ))
+        }
+    }
+}
+
+impl AdminService {
+    /// The CA as `GetCa` shows it: roots, their retirement times, and rotation progress.
+    fn ca_info(&self) -> CaInfo {
         let state = self.shared.ca.current();
+        let ttl = i64::try_from(self.shared.cert_ttl.as_secs()).unwrap_or(i64::MAX);
+        let pending = state.pending().map(|p| p.sha256.clone());
         let roots = state
             .roots
             .iter()
@@ -392,19 +443,66 @@ impl Admin for AdminService {
                         })
                     })
                     .unwrap_or((0, 0));
+                let ended = state.signing_ended_at(&r.sha256);
                 CaRoot {
                     cert_pem: r.cert_pem.clone(),
                     sha256: r.sha256.clone(),
                     not_before: nb,
                     not_after: na,
                     signing: r.signing,
+                    signing_ended_at: ended,
+                    retirable_at: if ended > 0 {
+                        ended.saturating_add(ttl)
+                    } else {
+                        0
+                    },
                 }
             })
             .collect();
-        Ok(Response::new(CaInfo {
+        let rotation = match (pending, state.last_switch()) {
+            (Some(target), _) => {
+                let (acked, connected) = self.shared.registry.acked_count(state.bundle_revision);
+                CaRotation {
+                    phase: "distributing".into(),
+                    new_root_sha256: target,
+                    acked_dataplanes: u32::try_from(acked).unwrap_or(u32::MAX),
+                    connected_dataplanes: u32::try_from(connected).unwrap_or(u32::MAX),
+                    summary: format!(
+                        "distributing ({acked} of {connected} connected dataplanes acked the new bundle); \
+                         signing switches once all have"
+                    ),
+                    ..Default::default()
+                }
+            }
+            (None, Some(switched_at)) => {
+                let retirable_at = switched_at.saturating_add(ttl);
+                CaRotation {
+                    phase: "switched".into(),
+                    new_root_sha256: state
+                        .signing_root()
+                        .map(|r| r.sha256.clone())
+                        .unwrap_or_default(),
+                    switched_at,
+                    retirable_at,
+                    summary: format!(
+                        "switched at {}; old roots can be retired from {} (`weftctl ca retire SHA256`)",
+                        rfc3339(switched_at),
+                        rfc3339(retirable_at)
+                    ),
+                    ..Default::default()
+                }
+            }
+            (None, None) => CaRotation {
+                phase: "idle".into(),
+                summary: "idle".into(),
+                ..Default::default()
+            },
+        };
+        CaInfo {
             trust_domain: self.shared.ca.trust_domain().as_str().to_owned(),
             roots,
             cert_ttl_seconds: self.shared.cert_ttl.as_secs(),
-        }))
+            rotation: Some(rotation),
+        }
     }
 }

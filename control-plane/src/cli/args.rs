@@ -171,8 +171,27 @@ pub struct TokenCreateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CaCmd {
-    /// Show the trust domain, certificate lifetime and CA roots
+    /// Show the trust domain, certificate lifetime, CA roots and rotation status
     Show,
+    /// Rotate the CA: add a new root to the trust bundle now; signing switches to it once
+    /// every connected dataplane acknowledged the bundle
+    Rotate {
+        /// Wait until signing has switched to the new root
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, e.g. 10m
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration, requires = "wait")]
+        timeout: Duration,
+    },
+    /// Remove a root that no longer signs from the trust bundle
+    Retire {
+        /// SHA-256 of the root, as `weftctl ca show` prints it
+        sha256: String,
+        /// Retire before every certificate the root signed has expired; workloads that
+        /// still hold one are refused by their peers until they renew
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[cfg(test)]
@@ -201,6 +220,22 @@ mod tests {
             .is_err()
         );
         assert!(Cli::try_parse_from(["weftctl", "token", "create", "--ingress", "us"]).is_ok());
+    }
+
+    #[test]
+    fn ca_rotation_commands_parse() {
+        let cli = Cli::try_parse_from(["weftctl", "ca", "rotate", "--wait", "--timeout", "30s"]);
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Command::Ca(CaCmd::Rotate { wait: true, timeout })) if timeout == Duration::from_secs(30)
+        ));
+        assert!(Cli::try_parse_from(["weftctl", "ca", "rotate", "--timeout", "30s"]).is_err());
+        let cli = Cli::try_parse_from(["weftctl", "ca", "retire", "ab12", "--force"]);
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Command::Ca(CaCmd::Retire { sha256, force: true })) if sha256 == "ab12"
+        ));
+        assert!(Cli::try_parse_from(["weftctl", "ca", "retire"]).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use weft_proto::v1::{
     CreateRouteRequest, CreateServiceRequest, CreateTokenRequest, DataplaneKind,
     DeleteRouteRequest, DeleteServiceRequest, GetCaRequest, GetDataplaneRequest, GetServiceRequest,
     ListDataplanesRequest, ListRoutesRequest, ListServicesRequest, ListTokensRequest, Protocol,
-    RevokeTokenRequest, SetProtocolRequest,
+    RetireCaRootRequest, RevokeTokenRequest, RotateCaRequest, SetProtocolRequest,
 };
 
 use super::args::{
@@ -57,10 +57,93 @@ pub async fn execute(
         Command::Route(cmd) => route(client, &out, cmd).await,
         Command::Dataplane(cmd) => dataplane(client, &out, cmd).await,
         Command::Token(cmd) => token(client, &out, cmd).await,
-        Command::Ca(CaCmd::Show) => {
+        Command::Ca(cmd) => ca(client, &out, cmd).await,
+    }
+}
+
+async fn ca(client: &mut AdminConn, out: &Out<'_>, cmd: CaCmd) -> Result<(), CliError> {
+    match cmd {
+        CaCmd::Show => {
             let ca = out.call(client.get_ca(GetCaRequest {}).await)?;
             out.show(|| views::ca_text(&ca), || views::ca_json(&ca))
         }
+        CaCmd::Rotate { wait, timeout } => {
+            let ca = out.call(client.rotate_ca(RotateCaRequest {}).await)?;
+            let rotation = ca.rotation.clone().unwrap_or_default();
+            let new_root = rotation.new_root_sha256.clone();
+            if !wait {
+                return out.show(|| views::rotation_started_text(&ca), || views::ca_json(&ca));
+            }
+            if out.format == OutputFormat::Table {
+                print(&views::rotation_started_text(&ca))?;
+            }
+            let ca = wait_for_switch(client, out, &new_root, timeout).await?;
+            out.show(
+                || {
+                    let switched = ca.rotation.as_ref().map_or(0, |r| r.switched_at);
+                    format!(
+                        "switched: root {new_root} signs since {}\n",
+                        time_cell(switched)
+                    )
+                },
+                || views::ca_json(&ca),
+            )
+        }
+        CaCmd::Retire { sha256, force } => {
+            let sha256 = sha256.trim().to_ascii_lowercase();
+            let request = RetireCaRootRequest {
+                sha256: sha256.clone(),
+                force,
+            };
+            let ca = out.call(client.retire_ca_root(request).await)?;
+            out.show(
+                || {
+                    format!(
+                        "retired CA root {sha256}: removed from the trust bundle and pushed to every dataplane\n\n{}",
+                        views::ca_text(&ca)
+                    )
+                },
+                || views::ca_json(&ca),
+            )
+        }
+    }
+}
+
+/// Polls `GetCa` once a second until `new_root` signs. A CLI-side poll is enough: the
+/// control plane itself switches on acknowledgements, this only watches it happen.
+async fn wait_for_switch(
+    client: &mut AdminConn,
+    out: &Out<'_>,
+    new_root: &str,
+    timeout: std::time::Duration,
+) -> Result<weft_proto::v1::CaInfo, CliError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_summary = String::new();
+    loop {
+        let ca = out.call(client.get_ca(GetCaRequest {}).await)?;
+        if ca.roots.iter().any(|r| r.sha256 == new_root && r.signing) {
+            return Ok(ca);
+        }
+        let rotation = ca.rotation.unwrap_or_default();
+        if !ca.roots.iter().any(|r| r.sha256 == new_root) {
+            return Err(CliError::Runtime(format!(
+                "root {new_root} was removed from the trust bundle before it signed (rotation cancelled); \
+                 start again with `weftctl ca rotate`"
+            )));
+        }
+        if rotation.summary != last_summary {
+            note(&rotation.summary);
+            last_summary = rotation.summary;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError::Runtime(format!(
+                "signing has not switched within {}: {}; `weftctl dataplane list` shows who has not \
+                 acknowledged the latest config. The rotation goes on; check with `weftctl ca show`",
+                humantime::format_duration(timeout),
+                last_summary
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

@@ -262,22 +262,56 @@ pub fn token_json(t: &TokenInfo, now: i64) -> Value {
 }
 
 pub fn ca_text(ca: &CaInfo) -> String {
+    let rotation = ca
+        .rotation
+        .as_ref()
+        .map_or_else(|| "idle".to_string(), |r| r.summary.clone());
     let mut text = key_values(&[
         ("trust domain", ca.trust_domain.clone()),
         ("cert ttl", duration_text(ca.cert_ttl_seconds)),
+        ("rotation", rotation),
     ]);
     text.push_str(&format!("\nroots ({}):\n", ca.roots.len()));
-    let mut t = Table::new(&["SHA256", "NOT BEFORE", "NOT AFTER", "SIGNING"]);
+    let mut t = Table::new(&[
+        "SHA256",
+        "NOT BEFORE",
+        "NOT AFTER",
+        "SIGNING",
+        "RETIRE FROM",
+    ]);
     for r in &ca.roots {
         t.row(vec![
             r.sha256.clone(),
             time_cell(r.not_before),
             time_cell(r.not_after),
-            yes_no(r.signing),
+            root_role(r),
+            time_cell(r.retirable_at),
         ]);
     }
     text.push_str(&t.render());
     text
+}
+
+/// The SIGNING column: whether the root signs, or what it is waiting for.
+fn root_role(r: &CaRoot) -> String {
+    if r.signing {
+        "yes".to_string()
+    } else if r.signing_ended_at == 0 {
+        "next (rotation)".to_string()
+    } else {
+        format!("until {}", time_cell(r.signing_ended_at))
+    }
+}
+
+/// What `ca rotate` prints: the new root and what happens next.
+pub fn rotation_started_text(ca: &CaInfo) -> String {
+    let rotation = ca.rotation.clone().unwrap_or_default();
+    format!(
+        "new CA root {} added to the trust bundle and pushed to every dataplane\n\
+         signing switches to it once all {} connected dataplanes acknowledged the bundle \
+         (now {}); follow it with `weftctl ca show`\n",
+        rotation.new_root_sha256, rotation.connected_dataplanes, rotation.acked_dataplanes
+    )
 }
 
 pub fn ca_json(ca: &CaInfo) -> Value {
@@ -287,14 +321,26 @@ pub fn ca_json(ca: &CaInfo) -> Value {
             "not_before": time_json(r.not_before),
             "not_after": time_json(r.not_after),
             "signing": r.signing,
+            "signing_ended_at": time_json(r.signing_ended_at),
+            "retirable_at": time_json(r.retirable_at),
             "cert_pem": r.cert_pem,
         })
     };
+    let rotation = ca.rotation.clone().unwrap_or_default();
     json!({
         "trust_domain": ca.trust_domain,
         "cert_ttl_seconds": ca.cert_ttl_seconds,
         "cert_ttl": duration_text(ca.cert_ttl_seconds),
         "roots": ca.roots.iter().map(root).collect::<Vec<_>>(),
+        "rotation": {
+            "phase": if rotation.phase.is_empty() { "idle" } else { rotation.phase.as_str() },
+            "new_root_sha256": (!rotation.new_root_sha256.is_empty()).then_some(&rotation.new_root_sha256),
+            "acked_dataplanes": rotation.acked_dataplanes,
+            "connected_dataplanes": rotation.connected_dataplanes,
+            "switched_at": time_json(rotation.switched_at),
+            "retirable_at": time_json(rotation.retirable_at),
+            "summary": rotation.summary,
+        },
     })
 }
 
@@ -361,6 +407,50 @@ mod tests {
         assert_eq!(j["app_protocol"], Value::Null);
         let text = dataplane_table(&[d], 7).render();
         assert!(text.contains("3/7"), "{text}");
+    }
+
+    #[test]
+    fn ca_shows_rotation_and_root_roles() {
+        let ca = CaInfo {
+            trust_domain: "weft.local".into(),
+            cert_ttl_seconds: 3600,
+            roots: vec![
+                CaRoot {
+                    sha256: "old".into(),
+                    signing_ended_at: 1_700_000_000,
+                    retirable_at: 1_700_003_600,
+                    ..CaRoot::default()
+                },
+                CaRoot {
+                    sha256: "new".into(),
+                    signing: true,
+                    ..CaRoot::default()
+                },
+            ],
+            rotation: Some(weft_proto::v1::CaRotation {
+                phase: "switched".into(),
+                new_root_sha256: "new".into(),
+                switched_at: 1_700_000_000,
+                retirable_at: 1_700_003_600,
+                summary: "switched at 2023-11-14T22:13:20Z".into(),
+                ..Default::default()
+            }),
+        };
+        let text = ca_text(&ca);
+        assert!(
+            text.contains("rotation:      switched at 2023-11-14T22:13:20Z"),
+            "{text}"
+        );
+        assert!(
+            text.contains("until 2023-11-14T22:13:20Z  2023-11-14T23:13:20Z"),
+            "{text}"
+        );
+        let j = ca_json(&ca);
+        assert_eq!(j["rotation"]["phase"], "switched");
+        assert_eq!(j["roots"][0]["retirable_at"], "2023-11-14T23:13:20Z");
+        assert_eq!(j["roots"][1]["retirable_at"], Value::Null);
+        let idle = ca_json(&CaInfo::default());
+        assert_eq!(idle["rotation"]["phase"], "idle");
     }
 
     #[test]

@@ -124,6 +124,15 @@ pub struct CaRootRecord {
     pub added_at: i64,
 }
 
+/// When a root signed: what CA rotation needs besides [`CaRootRecord`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaRootTimes {
+    pub sha256: String,
+    /// When the root stopped signing (unix seconds); 0 while it signs, and for a root
+    /// that never signed (the target of a rotation that has not switched yet).
+    pub signing_ended_at: i64,
+}
+
 /// Everything the push layer needs, read in one consistent transaction.
 #[derive(Clone, Debug, Default)]
 pub struct ConfigState {
@@ -209,8 +218,12 @@ pub trait Store: Send + Sync + 'static {
     /// Adds a root to the trust bundle (bumps the revision). With `signing`, it becomes
     /// the only signing root.
     async fn add_ca_root(&self, root: CaRootRecord) -> Result<u64, StoreError>;
-    /// Makes an existing root the signing one (bumps the revision).
-    async fn set_signing_root(&self, sha256: &str) -> Result<u64, StoreError>;
+    /// Makes an existing root the signing one (bumps the revision). The root that signed
+    /// until now gets `now` as the time it stopped signing, so retiring it can wait until
+    /// every certificate it signed has expired.
+    async fn set_signing_root(&self, sha256: &str, now: i64) -> Result<u64, StoreError>;
+    /// When each root stopped signing (see [`CaRootTimes`]), in bundle order.
+    async fn ca_root_times(&self) -> Result<Vec<CaRootTimes>, StoreError>;
     /// Removes a non-signing root from the bundle (bumps the revision).
     async fn remove_ca_root(&self, sha256: &str) -> Result<u64, StoreError>;
 

@@ -12,13 +12,13 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use weft_proto::v1::{AppProtocol, Protocol, Route, Service};
 
 use super::{
-    CaRootRecord, ConfigState, DataplaneRecord, DataplaneRegistration, Store, StoreError,
-    StoreMeta, TokenRecord, Tombstone, TombstoneKind, app_protocol_from_i32, kind_from_i32,
-    protocol_from_i32, route_key,
+    CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, Store,
+    StoreError, StoreMeta, TokenRecord, Tombstone, TombstoneKind, app_protocol_from_i32,
+    kind_from_i32, protocol_from_i32, route_key,
 };
 
 /// Schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How many tombstones are kept; older ones are pruned and raise the delta horizon.
 const MAX_TOMBSTONES: i64 = 10_000;
@@ -87,6 +87,14 @@ CREATE TABLE ca_roots (
 );
 ";
 
+/// Version 2: CA rotation. A root records when it stopped signing, which tells a
+/// rotation target (never signed: 0) from a retired-but-trusted root (> 0), and says
+/// when the latter's certificates have all expired. Existing roots default to 0, which
+/// is right: a version-1 store never rotated, so its one root is the signing one.
+const MIGRATION_V2: &str = "
+ALTER TABLE ca_roots ADD COLUMN signing_ended_at INTEGER NOT NULL DEFAULT 0;
+";
+
 /// The embedded SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -153,11 +161,14 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
              ({SCHEMA_VERSION}); run a newer weft-cp or restore a backup"
         )));
     }
-    if version < 1 {
-        let tx = conn.transaction()?;
-        tx.execute_batch(SCHEMA_V1)?;
-        tx.pragma_update(None, "user_version", 1)?;
-        tx.commit()?;
+    // Each step commits with its version, so an interrupted upgrade resumes where it stopped.
+    for (target, sql) in [(1, SCHEMA_V1), (2, MIGRATION_V2)] {
+        if version < target {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", target)?;
+            tx.commit()?;
+        }
     }
     Ok(())
 }
@@ -741,7 +752,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_signing_root(&self, sha256: &str) -> Result<u64, StoreError> {
+    async fn set_signing_root(&self, sha256: &str, now: i64) -> Result<u64, StoreError> {
         let sha = sha256.to_owned();
         self.tx(move |tx| {
             let has_key: Option<String> = tx
@@ -759,7 +770,15 @@ impl Store for SqliteStore {
                     "CA root {sha} has no private key here, so it cannot sign"
                 ))),
                 Some(_) => {
-                    tx.execute("UPDATE ca_roots SET signing = (sha256 = ?1)", [&sha])?;
+                    tx.execute(
+                        "UPDATE ca_roots SET signing_ended_at = ?1 WHERE signing = 1 AND sha256 <> ?2",
+                        params![now, sha],
+                    )?;
+                    tx.execute(
+                        "UPDATE ca_roots SET signing = (sha256 = ?1),
+                             signing_ended_at = CASE WHEN sha256 = ?1 THEN 0 ELSE signing_ended_at END",
+                        [&sha],
+                    )?;
                     bump_bundle(tx)
                 }
             }
@@ -789,6 +808,22 @@ impl Store for SqliteStore {
                     bump_bundle(tx)
                 }
             }
+        })
+        .await
+    }
+
+    async fn ca_root_times(&self) -> Result<Vec<CaRootTimes>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT sha256, signing_ended_at FROM ca_roots ORDER BY added_at, sha256",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(CaRootTimes {
+                    sha256: r.get(0)?,
+                    signing_ended_at: r.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
@@ -968,6 +1003,87 @@ mod tests {
         let back = s.register_dataplane(reg.clone()).await.unwrap();
         assert!(back.healthy);
         assert!(back.revision > first.revision);
+    }
+
+    fn root(sha: &str, signing: bool, added_at: i64) -> CaRootRecord {
+        CaRootRecord {
+            sha256: sha.into(),
+            cert_pem: format!("PEM {sha}"),
+            key_pem: format!("KEY {sha}"),
+            signing,
+            added_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn switching_the_signing_root_records_when_the_old_one_stopped() {
+        let (_d, s) = store();
+        s.add_ca_root(root("old", true, 1)).await.unwrap();
+        let added = s.add_ca_root(root("new", false, 2)).await.unwrap();
+        assert_eq!(s.config_state().await.unwrap().bundle_revision, added);
+        let times = |v: &[CaRootTimes]| {
+            v.iter()
+                .map(|t| (t.sha256.clone(), t.signing_ended_at))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            times(&s.ca_root_times().await.unwrap()),
+            [("old".into(), 0), ("new".into(), 0)]
+        );
+        let switched = s.set_signing_root("new", 500).await.unwrap();
+        let st = s.config_state().await.unwrap();
+        assert!(switched > added && st.bundle_revision == switched);
+        assert_eq!(
+            st.ca_roots
+                .iter()
+                .map(|r| (r.sha256.as_str(), r.signing))
+                .collect::<Vec<_>>(),
+            [("old", false), ("new", true)]
+        );
+        assert_eq!(
+            times(&s.ca_root_times().await.unwrap()),
+            [("old".into(), 500), ("new".into(), 0)]
+        );
+        assert!(matches!(
+            s.remove_ca_root("new").await,
+            Err(StoreError::FailedPrecondition(_))
+        ));
+        s.remove_ca_root("old").await.unwrap();
+        assert_eq!(s.config_state().await.unwrap().ca_roots.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_store_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute(
+                "INSERT INTO ca_roots (sha256, cert_pem, key_pem, signing, added_at) VALUES ('r', 'P', 'K', 1, 1)",
+                [],
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let version: i64 = s
+            .with(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let times = s.ca_root_times().await.unwrap();
+        assert_eq!(
+            times,
+            [CaRootTimes {
+                sha256: "r".into(),
+                signing_ended_at: 0
+            }]
+        );
+        assert!(s.config_state().await.unwrap().ca_roots[0].signing);
+        // Opening again is a no-op.
+        drop(s);
+        SqliteStore::open(&path).unwrap();
     }
 
     #[tokio::test]
