@@ -151,6 +151,7 @@ impl DiscoveryClient {
         if app != AppProtocol::Unknown {
             let _ = tx.send(app_status(app)).await;
         }
+        let mut app_status_open = true;
         let mut inbound = match RawClient::new(self.channel.clone())
             .stream(ReceiverStream::new(rx))
             .await
@@ -196,10 +197,13 @@ impl DiscoveryClient {
                         return End::Retry("stream closed".into());
                     }
                 }
-                changed = self.app_status.changed() => {
+                changed = self.app_status.changed(), if app_status_open => {
                     if changed.is_ok() {
                         let app = *self.app_status.borrow_and_update();
                         let _ = tx.send(app_status(app)).await;
+                    } else {
+                        // Nobody reports probes any more; stop watching.
+                        app_status_open = false;
                     }
                 }
             }
