@@ -23,6 +23,48 @@ struct Cli {
 enum Command {
     /// Run beside one app instance: outbound listeners, inbound tunnel, final-hop translation.
     Run(RunArgs),
+    /// Run the public edge: HTTPS (ALPN h2/http1.1), h2c and HTTP/1.1 into the mesh.
+    Gateway(GatewayArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct GatewayArgs {
+    /// Control plane URL.
+    #[arg(long, env = "WEFT_CP")]
+    cp: String,
+    /// Bootstrap token for this gateway (`weftctl token create --gateway NAME`).
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Plain listener: HTTP/1.1, h2c prior knowledge and `Upgrade: h2c`.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// TLS listener with ALPN h2 and http/1.1.
+    #[arg(long)]
+    https: Option<SocketAddr>,
+    /// Certificate chain (PEM) for --https; without it a development certificate is made.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Extra names (e.g. *.example.com) for the development certificate (repeatable).
+    #[arg(long = "dev-cert-host")]
+    dev_cert_hosts: Vec<String>,
+    /// Where the development certificate is written, for clients to trust.
+    #[arg(long, default_value = "./weft-gateway-dev-cert.pem")]
+    dev_cert_out: PathBuf,
+    /// Region label; endpoints in this region are preferred.
+    #[arg(long, default_value = "")]
+    region: String,
+    /// Admin endpoint (/metrics, /ready, /config, /certs).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Keeps the certificate and last good config across restarts.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Time allowed for an upstream's response headers (gRPC and WebSockets excepted).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    upstream_timeout: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -105,6 +147,23 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Gateway(a) => rt.block_on(weft_sidecar::gateway::run(
+            weft_sidecar::gateway::GatewayConfig {
+                cp: a.cp,
+                token: a.token,
+                http: a.http,
+                https: a.https,
+                tls_cert: a.tls_cert,
+                tls_key: a.tls_key,
+                dev_cert_hosts: a.dev_cert_hosts,
+                dev_cert_out: a.dev_cert_out,
+                region: a.region,
+                admin: a.admin,
+                state_dir: a.state_dir,
+                upstream_timeout: a.upstream_timeout,
+            },
+            shutdown_signal(),
+        )),
         Command::Run(a) => rt.block_on(run(
             RunConfig {
                 cp: a.cp,

@@ -46,13 +46,14 @@ pub struct RunConfig {
 }
 
 /// Obtains the identity, retrying while the control plane is unreachable.
-async fn identity(
-    cfg: &RunConfig,
+pub(crate) async fn identity(
+    cp: &str,
+    token: &str,
     state: Option<&StateDir>,
 ) -> anyhow::Result<Arc<IdentityManager>> {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match obtain_identity(&cfg.cp, &cfg.token, state).await {
+        match obtain_identity(cp, token, state).await {
             Ok((id, identity, bundle)) => {
                 return Ok(Arc::new(IdentityManager::new(id, identity, bundle)));
             }
@@ -97,7 +98,7 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on --admin {}", cfg.admin))?;
 
-    let manager = identity(&cfg, state.as_ref()).await?;
+    let manager = identity(&cfg.cp, &cfg.token, state.as_ref()).await?;
     let channel = mtls_channel(&cfg.cp, manager.subscribe())?;
     tokio::spawn(run_renewal(manager.clone(), channel.clone(), state.clone()));
 

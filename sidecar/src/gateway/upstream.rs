@@ -1,0 +1,157 @@
+//! Requests from the gateway into the mesh: each goes as HTTP/2 over a tunnel stream to
+//! an endpoint of the route's service. One such inner HTTP/2 connection per endpoint
+//! carries many requests; the inbound sidecar then delivers per the service's selector
+//! (translating to HTTP/1.1 for `http`, splicing for `http2`/`grpc`).
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::control::config::MeshConfig;
+use crate::errors::{Body, MeshError};
+use crate::inbound::app::MAX_HEADER_BYTES;
+use crate::outbound::balance::{Balancer, InFlight};
+use crate::tunnel::client::{Target, TunnelPool};
+use crate::tunnel::{CONNECTION_WINDOW, STREAM_WINDOW};
+
+/// Endpoints tried for one request before giving up (only before anything was sent).
+const MAX_ATTEMPTS: usize = 3;
+
+/// Inner HTTP/2 connections to endpoints, keyed by endpoint id.
+pub struct Upstreams {
+    tunnel: Arc<TunnelPool>,
+    balancer: Arc<Balancer>,
+    conns: DashMap<String, SendRequest<Body>>,
+    connecting: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A response and the load it holds on its endpoint.
+pub struct Upstream {
+    pub response: Response<Incoming>,
+    pub endpoint: String,
+    pub _inflight: InFlight,
+}
+
+impl Upstreams {
+    pub fn new(tunnel: Arc<TunnelPool>, balancer: Arc<Balancer>) -> Arc<Self> {
+        Arc::new(Upstreams {
+            tunnel,
+            balancer,
+            conns: DashMap::new(),
+            connecting: DashMap::new(),
+        })
+    }
+
+    async fn connection(&self, target: &Target, id: &str) -> Result<SendRequest<Body>, String> {
+        if let Some(s) = self.conns.get(id).filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let lock = self.connecting.entry(id.to_owned()).or_default().clone();
+        let _guard = lock.lock().await;
+        if let Some(s) = self.conns.get(id).filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let io = self.tunnel.open(target).await.map_err(|e| e.to_string())?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_header_list_size(MAX_HEADER_BYTES as u32 + 64 * 1024)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| format!("HTTP/2 with {} failed: {e}", target.address))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "inner HTTP/2 connection ended");
+            }
+        });
+        self.conns.insert(id.to_owned(), sender.clone());
+        Ok(sender)
+    }
+
+    /// Sends `req` to an endpoint of `service`. A request that was not sent (no tunnel,
+    /// closed connection) is retried on another endpoint.
+    pub async fn send(
+        &self,
+        config: &MeshConfig,
+        service: &str,
+        mut req: Request<Body>,
+    ) -> Result<Upstream, (MeshError, String)> {
+        let mut tried = Vec::new();
+        let mut last = String::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(ep) = self.balancer.pick(config, service, &tried) else {
+                break;
+            };
+            let target = Target {
+                address: ep.address.clone(),
+                identity: ep.identity.clone(),
+                service: service.to_owned(),
+            };
+            let inflight = self.balancer.start(&ep.id);
+            let mut sender = match self.connection(&target, &ep.id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(service, endpoint = %ep.address, error = %e, "endpoint failed; trying another");
+                    self.balancer.eject(&ep.address);
+                    last = e;
+                    tried.push(ep.id);
+                    continue;
+                }
+            };
+            if sender.ready().await.is_err() {
+                self.conns.remove(&ep.id);
+                tried.push(ep.id);
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    self.balancer.succeeded(&ep.address);
+                    return Ok(Upstream {
+                        response,
+                        endpoint: ep.address,
+                        _inflight: inflight,
+                    });
+                }
+                Err(mut e) => {
+                    let msg = e.error().to_string();
+                    match e.take_message() {
+                        // Never sent: safe to try elsewhere.
+                        Some(back) => {
+                            self.conns.remove(&ep.id);
+                            req = back;
+                            last = msg;
+                            tried.push(ep.id);
+                        }
+                        None => {
+                            return Err((
+                                MeshError::UpstreamFailed,
+                                format!("{service} at {} failed: {msg}", ep.address),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if tried.is_empty() {
+            Err((
+                MeshError::NoEndpoint,
+                format!("no healthy endpoint for service {service}"),
+            ))
+        } else {
+            Err((
+                MeshError::UpstreamFailed,
+                format!("no endpoint of {service} could take the request: {last}"),
+            ))
+        }
+    }
+
+    /// Drops connections to endpoints no longer in the config.
+    pub fn retain(&self, config: &MeshConfig) {
+        self.conns.retain(|id, _| config.endpoints.contains_key(id));
+    }
+}
