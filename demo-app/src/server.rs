@@ -81,16 +81,22 @@ impl Protocols {
                 builder
                     .timer(TokioTimer::new())
                     .enable_connect_protocol()
+                    .max_header_list_size(MAX_HEADER_BYTES as u32)
                     .initial_stream_window_size(H2_STREAM_WINDOW)
                     .initial_connection_window_size(H2_CONN_WINDOW);
                 Protocols::H2(builder)
             }
             Mode::Auto => {
                 let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http1().timer(TokioTimer::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .max_buf_size(MAX_HEADER_BYTES)
+                    .max_headers(2_000);
                 builder
                     .http2()
                     .timer(TokioTimer::new())
+                    .max_header_list_size(MAX_HEADER_BYTES as u32)
                     .enable_connect_protocol()
                     .initial_stream_window_size(H2_STREAM_WINDOW)
                     .initial_connection_window_size(H2_CONN_WINDOW);
@@ -100,9 +106,16 @@ impl Protocols {
     }
 }
 
+/// Header sections up to the mesh's 1 MB policy (plus room for the request line), so
+/// the app never is the hop that refuses what the mesh carried.
+const MAX_HEADER_BYTES: usize = (1 << 20) + 64 * 1024;
+
 fn h1_builder() -> http1::Builder {
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(2_000);
     builder
 }
 

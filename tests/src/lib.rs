@@ -740,3 +740,106 @@ pub fn py_ok(script: &str, args: &[&str]) -> serde_json::Value {
     );
     json
 }
+
+/// A running `weft-sidecar gateway` with an HTTP and an HTTPS listener.
+pub struct Gateway {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    /// The development certificate it serves (covers localhost and *.example.com).
+    pub cert: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub async fn start(cp: &ControlPlane, name: &str, extra: &[&str]) -> Gateway {
+        let token = cp.token_for(DataplaneKind::Gateway, name).await;
+        let dir = tempfile::tempdir().unwrap();
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let cert = dir.path().join("dev-cert.pem");
+        let mut args: Vec<String> = [
+            "gateway",
+            "--cp",
+            &cp.url(),
+            "--token",
+            &token,
+            "--http",
+            &http.to_string(),
+            "--https",
+            &https.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--dev-cert-host",
+            "*.example.com",
+            "--region",
+            "eu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push("--dev-cert-out".into());
+        args.push(cert.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn(bin("weft-sidecar"), args, dir.path().join("gateway.log"));
+        let gw = Gateway {
+            proc,
+            http,
+            https,
+            admin,
+            cert,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(body) = http_get(gw.admin, "/ready").await {
+                if body.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready:\n{}",
+                gw.proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gw
+    }
+
+    /// curl arguments that reach `host` on the plain listener (Host = host).
+    pub fn plain(&self, host: &str, path: &str) -> Vec<String> {
+        vec![
+            "--connect-to".into(),
+            format!("{host}:{}:127.0.0.1:{}", self.http.port(), self.http.port()),
+            format!("http://{host}:{}{path}", self.http.port()),
+        ]
+    }
+
+    /// curl arguments that reach `host` over TLS (SNI and Host = host).
+    pub fn tls(&self, host: &str, path: &str) -> Vec<String> {
+        vec![
+            "--cacert".into(),
+            self.cert.display().to_string(),
+            "--connect-to".into(),
+            format!(
+                "{host}:{}:127.0.0.1:{}",
+                self.https.port(),
+                self.https.port()
+            ),
+            format!("https://{host}:{}{path}", self.https.port()),
+        ]
+    }
+
+    /// Waits until the gateway holds a route for `host`.
+    pub async fn wait_route(&self, host: &str) {
+        eventually(Duration::from_secs(15), || async {
+            let body = http_get(self.admin, "/config").await.ok()?;
+            body.contains(&format!("\"host\": \"{host}\""))
+                .then_some(())
+        })
+        .await;
+    }
+}

@@ -303,7 +303,13 @@ impl Gateway {
         let endpoint = up.endpoint.clone();
         let (mut rparts, rbody) = up.response.into_parts();
         translate::response(&mut rparts.headers);
-        rparts.headers.remove(ERROR_CODE_HEADER);
+        // Only the mesh may set its error header. Behind `http` the inbound sidecar
+        // translates every response and strips the app's copy, so what arrives here was
+        // set by the mesh; behind the other selectors the gateway's HTTP/2 reaches the app
+        // untouched, so the app's copy must go here.
+        if config.protocol_of(&route.service) != "http" {
+            rparts.headers.remove(ERROR_CODE_HEADER);
+        }
         if !route.rewrite_host.is_empty() {
             rewrite_location(
                 &mut rparts.headers,

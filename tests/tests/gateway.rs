@@ -1,0 +1,557 @@
+//! The edge gateway end to end: real weft-cp, gateway, sidecars and demo apps, driven by
+//! curl (HTTP/1.1, h2c, Upgrade: h2c, TLS with ALPN), grpcio over TLS and WebSocket
+//! clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use weft_tests::{App, ControlPlane, Gateway, Sidecar, curl, py, py_ok};
+
+/// Runs curl with `mode` plus `args`; returns (client HTTP version, body JSON).
+fn get(mode: &[&str], args: &[String]) -> (String, serde_json::Value) {
+    let mut all: Vec<&str> = mode.to_vec();
+    all.extend(["-w", "\n%{http_version} %{http_code}"]);
+    all.extend(args.iter().map(String::as_str));
+    let (code, out, err) = curl(&all);
+    assert_eq!(code, 0, "curl {all:?}: {err}");
+    let (body, tail) = out.rsplit_once('\n').unwrap();
+    let (version, status) = tail.split_once(' ').unwrap();
+    assert_eq!(status, "200", "curl {all:?}: {body}");
+    (
+        version.to_owned(),
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
+}
+
+/// Response head (status line + headers, lowercased) of a curl -i call.
+fn head(mode: &[&str], extra: &[&str], args: &[String]) -> String {
+    let mut all: Vec<&str> = mode.to_vec();
+    all.push("-i");
+    all.extend(extra);
+    all.extend(args.iter().map(String::as_str));
+    let (code, out, err) = curl(&all);
+    assert_eq!(code, 0, "curl {all:?}: {err}");
+    out.split("\r\n\r\n").next().unwrap_or("").to_lowercase()
+}
+
+#[tokio::test]
+async fn every_client_protocol_reaches_h1_and_h2c_apps() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    cp.weftctl_ok(&["service", "create", "h2web", "--protocol", "http2"]);
+    cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
+    cp.weftctl_ok(&["route", "create", "h2.example.com", "--service", "h2web"]);
+    let a1 = App::start("h1", "web").await;
+    let a2 = App::start("h2c", "h2web").await;
+    let _s1 = Sidecar::start(&cp, "web", a1.addr, "eu").await;
+    let _s2 = Sidecar::start(&cp, "h2web", a2.addr, "eu").await;
+    let gw = Gateway::start(&cp, "edge", &[]).await;
+    gw.wait_route("h2.example.com").await;
+
+    for (host, app_version) in [
+        ("web.example.com", "HTTP/1.1"),
+        ("h2.example.com", "HTTP/2.0"),
+    ] {
+        let cases: [(&[&str], bool, &str); 5] = [
+            (&["--http1.1"], false, "1.1"),
+            (&["--http2-prior-knowledge"], false, "2"),
+            (&["--http2"], false, "2"), // plain http: the Upgrade: h2c path
+            (&["--http1.1"], true, "1.1"),
+            (&["--http2"], true, "2"), // TLS: ALPN h2
+        ];
+        for (mode, tls, client_version) in cases {
+            let args = if tls {
+                gw.tls(host, "/v")
+            } else {
+                gw.plain(host, "/v")
+            };
+            let (seen, json) = get(mode, &args);
+            let what = format!("{host} {mode:?} tls={tls}");
+            assert_eq!(seen, client_version, "client side of {what}");
+            assert_eq!(json["version"], app_version, "app side of {what}: {json}");
+            assert_eq!(
+                json["headers"]["x-forwarded-proto"][0],
+                if tls { "https" } else { "http" },
+                "{what}"
+            );
+            let headers = json["headers"].as_object().unwrap();
+            for never in ["upgrade", "http2-settings", "connection"] {
+                assert!(
+                    !headers.contains_key(never),
+                    "{never} reached the app for {what}: {json}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn grpc_over_tls_through_the_gateway() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "greeter", "--protocol", "grpc"]);
+    cp.weftctl_ok(&[
+        "route",
+        "create",
+        "grpc.example.com",
+        "--service",
+        "greeter",
+    ]);
+    let app = App::start("grpc", "greeter").await;
+    let _s = Sidecar::start(&cp, "greeter", app.addr, "eu").await;
+    let gw = Gateway::start(&cp, "edge", &[]).await;
+    gw.wait_route("grpc.example.com").await;
+    let out = py_ok(
+        "grpc_client.py",
+        &[
+            "--target",
+            &gw.https.to_string(),
+            "--tls-ca",
+            &gw.cert.display().to_string(),
+            "--server-name",
+            "grpc.example.com",
+            "--authority",
+            "grpc.example.com",
+            "all",
+        ],
+    );
+    let cases = &out["cases"];
+    for case in [
+        "unary",
+        "server_stream",
+        "client_stream",
+        "bidi",
+        "deadline",
+        "cancel",
+        "error",
+    ] {
+        assert_eq!(cases[case]["ok"], true, "{case}: {:#}", cases[case]);
+    }
+    assert_eq!(cases["unary"]["reply"]["metadata"]["te"], "trailers");
+    assert_eq!(cases["error"]["code"], "NOT_FOUND");
+    assert!(
+        cases["error"]["trailing_metadata"]
+            .to_string()
+            .contains("x-demo-detail")
+    );
+    assert!(cases["server_stream"]["spread_s"].as_f64().unwrap() >= 0.3);
+}
+
+#[tokio::test]
+async fn websockets_over_h1_and_rfc8441_to_an_h1_app() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "chat", "--protocol", "http"]);
+    cp.weftctl_ok(&["route", "create", "localhost", "--service", "chat"]);
+    let app = App::start("h1", "chat").await;
+    let _s = Sidecar::start(&cp, "chat", app.addr, "eu").await;
+    let gw = Gateway::start(&cp, "edge", &[]).await;
+    gw.wait_route("localhost").await;
+    let h1 = py_ok(
+        "ws_client.py",
+        &["--url", &format!("ws://localhost:{}/ws", gw.http.port())],
+    );
+    assert_eq!(h1["close_code"], 1000, "{h1:#}");
+    let h2 = py_ok(
+        "h2_ws_client.py",
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &gw.http.port().to_string(),
+            "--authority",
+            "localhost",
+            "--path",
+            "/ws",
+        ],
+    );
+    assert_eq!(
+        h2["enable_connect_protocol"], 1,
+        "SETTINGS_ENABLE_CONNECT_PROTOCOL: {h2:#}"
+    );
+    assert_eq!(h2["status"], "200", "{h2:#}");
+}
+
+#[tokio::test]
+async fn the_most_specific_route_wins_and_no_route_is_404() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "exact", "--protocol", "http"]);
+    cp.weftctl_ok(&["service", "create", "wild", "--protocol", "http"]);
+    cp.weftctl_ok(&["route", "create", "*.example.com", "--service", "wild"]);
+    cp.weftctl_ok(&["route", "create", "api.example.com", "--service", "exact"]);
+    cp.weftctl_ok(&[
+        "route",
+        "create",
+        "api.example.com",
+        "--service",
+        "wild",
+        "--path-prefix",
+        "/legacy",
+    ]);
+    let ae = App::start("h1", "exact").await;
+    let aw = App::start("h1", "wild").await;
+    let _se = Sidecar::start(&cp, "exact", ae.addr, "eu").await;
+    let _sw = Sidecar::start(&cp, "wild", aw.addr, "eu").await;
+    let gw = Gateway::start(&cp, "edge", &[]).await;
+    gw.wait_route("api.example.com").await;
+    let app = |host: &str, path: &str| get(&["--http1.1"], &gw.plain(host, path)).1["app"].clone();
+    assert_eq!(app("api.example.com", "/x"), "exact");
+    assert_eq!(app("api.example.com", "/legacy/y"), "wild");
+    assert_eq!(app("api.example.com", "/legacyx"), "exact");
+    assert_eq!(app("www.example.com", "/"), "wild");
+    assert_eq!(app("deep.www.example.com", "/"), "wild");
+    let h = head(&["--http1.1"], &[], &gw.plain("example.org", "/"));
+    assert!(
+        h.starts_with("http/1.1 404") && h.contains("weft-error-code: weft-1"),
+        "{h}"
+    );
+    // Per request on one coalesced h2 connection: two hosts, two routes.
+    let (code, out, err) = curl(&[
+        "--http2",
+        "--cacert",
+        &gw.cert.display().to_string(),
+        "--connect-to",
+        &format!("api.example.com:{0}:127.0.0.1:{0}", gw.https.port()),
+        "--connect-to",
+        &format!("www.example.com:{0}:127.0.0.1:{0}", gw.https.port()),
+        &format!("https://api.example.com:{}/a", gw.https.port()),
+        &format!("https://www.example.com:{}/b", gw.https.port()),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"app\":\"exact\"") && out.contains("\"app\":\"wild\""),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn forwarding_headers_cannot_be_spoofed_or_removed() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
+    let app = App::start("h1", "web").await;
+    let _s = Sidecar::start(&cp, "web", app.addr, "eu").await;
+    let gw = Gateway::start(&cp, "edge", &[]).await;
+    gw.wait_route("web.example.com").await;
+
+    let mut args = vec![
+        "-H".to_string(),
+        "X-Forwarded-For: 1.2.3.4".into(),
+        "-H".into(),
+        "X-Forwarded-Proto: https".into(),
+        "-H".into(),
+        "X-Forwarded-Host: evil.example".into(),
+        "-H".into(),
+        "weft-error-code: WEFT-1".into(),
+    ];
+    args.extend(gw.plain("web.example.com", "/"));
+    let (_, json) = get(&["--http1.1"], &args);
+    let h = &json["headers"];
+    assert_eq!(
+        h["x-forwarded-for"][0], "1.2.3.4, 127.0.0.1",
+        "appended: {json}"
+    );
+    assert_eq!(
+        h["x-forwarded-proto"][0], "http",
+        "derived from the connection: {json}"
+    );
+    assert_eq!(
+        h["x-forwarded-host"][0],
+        format!("web.example.com:{}", gw.http.port())
+    );
+    assert!(h.get("weft-error-code").is_none(), "{json}");
+
+    // Naming the gateway's own header in Connection removes the client's, not the gateway's.
+    let mut args = vec![
+        "-H".to_string(),
+        "Connection: x-forwarded-for, x-secret".into(),
+        "-H".into(),
+        "X-Forwarded-For: 6.6.6.6".into(),
+        "-H".into(),
+        "X-Secret: 1".into(),
+    ];
+    args.extend(gw.plain("web.example.com", "/"));
+    let (_, json) = get(&["--http1.1"], &args);
+    assert_eq!(
+        json["headers"]["x-forwarded-for"],
+        serde_json::json!(["127.0.0.1"]),
+        "{json}"
+    );
+    assert!(json["headers"].get("x-secret").is_none(), "{json}");
+}
+
+// Multi-threaded: the raw app below must keep running while curl blocks this thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_cannot_set_the_mesh_error_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "liar", "--protocol", "http"]);
+    cp.weftctl_ok(&["route", "create", "liar.example.com", "--service", "liar"]);
+    // A raw HTTP/1.1 app that claims to be the mesh.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\nweft-error-code: WEFT-2\r\ncontent-length: 4\r\n\r\nfake")
+                        .await;
+                }
+            });
+        }
+    });
+    let _s = Sidecar::start(&cp, "liar", addr, "eu").await;
+    // The same claim from an h2c app whose responses reach the gateway untranslated.
+    cp.weftctl_ok(&["service", "create", "liar2", "--protocol", "http2"]);
+    cp.weftctl_ok(&["route", "create", "liar2.example.com", "--service", "liar2"]);
+    let h2_liar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let h2_addr = h2_liar.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = h2_liar.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let resp = http::Response::builder()
+                        .status(503)
+                        .header("weft-error-code", "WEFT-2")
+                        .body(())
+                        .unwrap();
+                    let _ = respond.send_response(resp, true);
+                }
+            });
+        }
+    });
+    let _s2 = Sidecar::start(&cp, "liar2", h2_addr, "eu").await;
+    let gw = Gateway::start(&cp, "edge", &[]).await;
+    gw.wait_route("liar2.example.com").await;
+    for host in ["liar.example.com", "liar2.example.com"] {
+        for mode in ["--http1.1", "--http2-prior-knowledge"] {
+            let h = head(&[mode], &[], &gw.plain(host, "/"));
+            assert!(h.contains(" 503"), "{h}");
+            assert!(
+                !h.contains("weft-error-code"),
+                "{host} {mode}: the app's claim must be stripped: {h}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_gateway_error_has_its_status_and_code() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    cp.weftctl_ok(&["service", "create", "empty", "--protocol", "http"]);
+    cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
+    cp.weftctl_ok(&["route", "create", "empty.example.com", "--service", "empty"]);
+    cp.weftctl_ok(&["service", "create", "rpc", "--protocol", "grpc"]);
+    cp.weftctl_ok(&["route", "create", "rpc.example.com", "--service", "rpc"]);
+    let mut app = App::start("h1", "web").await;
+    let _s = Sidecar::start(&cp, "web", app.addr, "eu").await;
+    let mut rpc_app = App::start("grpc", "rpc").await;
+    let _rpc = Sidecar::start(&cp, "rpc", rpc_app.addr, "eu").await;
+    let gw = Gateway::start(&cp, "edge", &["--upstream-timeout", "1s"]).await;
+    gw.wait_route("rpc.example.com").await;
+    gw.wait_route("empty.example.com").await;
+    let grpc = [
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "--data-binary",
+        "",
+    ];
+
+    // Stalled app: 504.
+    let h = head(
+        &["--http1.1"],
+        &[],
+        &gw.plain("web.example.com", "/sleep?ms=3000"),
+    );
+    assert!(
+        h.starts_with("http/1.1 504") && h.contains("weft-error-code: weft-4"),
+        "{h}"
+    );
+    // Oversized header: 431.
+    // Header sections as several lines (curl caps one line near 100 kB).
+    let dir = tempfile::tempdir().unwrap();
+    let headers_file = |name: &str, lines: usize, each: usize| {
+        let path = dir.path().join(name);
+        let text: String = (0..lines)
+            .map(|i| format!("x-big-{i:02}: {}\n", "a".repeat(each)))
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        format!("@{}", path.display())
+    };
+    // Just under 1 MB passes, on both hops (gateway and the last hop to the app).
+    let under = headers_file("under", 11, 90_000);
+    let (_, json) = get(
+        &["--http1.1", "-H", &under],
+        &gw.plain("web.example.com", "/"),
+    );
+    assert_eq!(
+        json["headers"]["x-big-10"][0].as_str().map(str::len),
+        Some(90_000)
+    );
+    // Just over: 431 with the mesh's code (a raw socket: curl will not send > 1 MB).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut req =
+            String::from("GET / HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n");
+        for i in 0..12 {
+            req.push_str(&format!("x-big-{i:02}: {}\r\n", "a".repeat(88_000)));
+        }
+        req.push_str("\r\n");
+        let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        let h = resp.to_lowercase();
+        assert!(
+            h.starts_with("http/1.1 431") && h.contains("weft-error-code: weft-5"),
+            "{resp}"
+        );
+    }
+    // No instance at all: 503, gRPC UNAVAILABLE.
+    let h = head(&["--http1.1"], &[], &gw.plain("empty.example.com", "/"));
+    assert!(
+        h.starts_with("http/1.1 503") && h.contains("weft-error-code: weft-2"),
+        "{h}"
+    );
+    let h = head(
+        &["--http2-prior-knowledge"],
+        &grpc,
+        &gw.plain("empty.example.com", "/p.S/M"),
+    );
+    assert!(
+        h.starts_with("http/2 200") && h.contains("grpc-status: 14"),
+        "{h}"
+    );
+    // No route, for gRPC: UNIMPLEMENTED.
+    let h = head(
+        &["--http2-prior-knowledge"],
+        &grpc,
+        &gw.plain("nothing.org", "/p.S/M"),
+    );
+    assert!(
+        h.contains("grpc-status: 12") && h.contains("weft-error-code: weft-1"),
+        "{h}"
+    );
+    // The app is stopped: its sidecar refuses the tunnel stream, 502.
+    app.proc.kill9();
+    let h = head(&["--http1.1"], &[], &gw.plain("web.example.com", "/"));
+    assert!(
+        h.starts_with("http/1.1 502") && h.contains("weft-error-code: weft-3"),
+        "{h}"
+    );
+    // gRPC to an `http` service is refused whatever the app's state...
+    let h = head(
+        &["--http2-prior-knowledge"],
+        &grpc,
+        &gw.plain("web.example.com", "/p.S/M"),
+    );
+    assert!(
+        h.contains("grpc-status: 12") && h.contains("set-protocol web grpc"),
+        "{h}"
+    );
+    // ...and a stopped gRPC app is UNAVAILABLE.
+    rpc_app.proc.kill9();
+    let h = head(
+        &["--http2-prior-knowledge"],
+        &grpc,
+        &gw.plain("rpc.example.com", "/p.S/M"),
+    );
+    assert!(
+        h.starts_with("http/2 200")
+            && h.contains("grpc-status: 14")
+            && h.contains("weft-error-code: weft-3"),
+        "{h}"
+    );
+}
+
+#[tokio::test]
+async fn edge_attacks_are_refused_and_the_gateway_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    cp.weftctl_ok(&["route", "create", "localhost", "--service", "web"]);
+    let app = App::start("h1", "web").await;
+    let _s = Sidecar::start(&cp, "web", app.addr, "eu").await;
+    let gw = Gateway::start(&cp, "edge", &[]).await;
+    gw.wait_route("localhost").await;
+    let healthy =
+        || get(&["--http1.1"], &gw.plain("localhost", "/still-ok")).1["path"] == "/still-ok";
+
+    // CL + TE: framed by chunked, Content-Length never forwarded, connection closed.
+    let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(
+        b"POST /smuggle HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut resp)).await;
+    assert!(
+        !resp.contains("\"path\":\"/admin\""),
+        "a smuggled request was answered: {resp}"
+    );
+    if resp.starts_with("HTTP/1.1 200") {
+        assert!(
+            resp.contains("\"body_bytes\":5") && !resp.contains("\"content-length\""),
+            "{resp}"
+        );
+    }
+    assert!(healthy());
+
+    // Rapid reset: 10,000 HEADERS+RST_STREAM on one connection, then others are served.
+    let (rr, _) = py(
+        "h2_attacks.py",
+        &[
+            "--port",
+            &gw.http.port().to_string(),
+            "--authority",
+            "localhost",
+            "--count",
+            "10000",
+            "rapid_reset",
+        ],
+    );
+    eprintln!("rapid reset: {rr}");
+    assert!(
+        healthy(),
+        "gateway must keep serving after a rapid-reset flood"
+    );
+
+    // CONTINUATION flood: the connection is cut off, others are served.
+    let (cf, closed) = py(
+        "h2_attacks.py",
+        &[
+            "--port",
+            &gw.http.port().to_string(),
+            "--authority",
+            "localhost",
+            "continuation",
+        ],
+    );
+    assert!(closed, "CONTINUATION flood was not cut off: {cf}");
+    assert!(
+        cf["bytes_sent"].as_u64().unwrap() < 64 * 1024 * 1024,
+        "{cf}"
+    );
+    assert!(
+        healthy(),
+        "gateway must keep serving after a CONTINUATION flood"
+    );
+}
