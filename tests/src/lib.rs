@@ -843,3 +843,12 @@ impl Gateway {
         .await;
     }
 }
+
+/// A sidecar for a `client` service (tcp, no port) in front of an idle app: it only
+/// carries outbound connections, like the sidecar of a caller.
+pub async fn client_sidecar(cp: &ControlPlane) -> (App, Sidecar) {
+    cp.weftctl_ok(&["service", "create", "client", "--protocol", "tcp"]);
+    let app = App::start("h1", "client").await;
+    let sc = Sidecar::start(cp, "client", app.addr, "eu").await;
+    (app, sc)
+}

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use weft_proto::v1::DataplaneKind;
-use weft_tests::{App, ControlPlane, Sidecar, curl, curl_json, eventually};
+use weft_tests::{App, ControlPlane, Sidecar, client_sidecar, curl, curl_json, eventually};
 
 /// What a client should get through the mesh.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -15,14 +15,6 @@ enum Expect {
     Saw(&'static str),
     /// The mesh or the app refused (wrong selector for the app).
     Fails,
-}
-
-/// A plain client sidecar that only carries outbound connections.
-async fn client_sidecar(cp: &ControlPlane) -> (App, Sidecar) {
-    cp.weftctl_ok(&["service", "create", "client", "--protocol", "tcp"]);
-    let app = App::start("h1", "client").await;
-    let sc = Sidecar::start(cp, "client", app.addr, "eu").await;
-    (app, sc)
 }
 
 fn call(url: &str, h2: bool) -> Result<serde_json::Value, String> {

@@ -2,14 +2,7 @@
 //! h2 + wsproto) and the demo app.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use weft_tests::{App, ControlPlane, Sidecar, py, py_ok};
-
-async fn client_sidecar(cp: &ControlPlane) -> (App, Sidecar) {
-    cp.weftctl_ok(&["service", "create", "client", "--protocol", "tcp"]);
-    let app = App::start("h1", "client").await;
-    let sc = Sidecar::start(cp, "client", app.addr, "eu").await;
-    (app, sc)
-}
+use weft_tests::{App, ControlPlane, Sidecar, client_sidecar, py, py_ok};
 
 #[tokio::test]
 async fn grpc_end_to_end_through_the_mesh() {

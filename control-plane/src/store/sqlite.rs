@@ -315,6 +315,21 @@ fn bump_bundle(tx: &Transaction<'_>) -> Result<u64, StoreError> {
     Ok(rev)
 }
 
+/// Every row of a query without parameters, mapped by `f`.
+fn all<T>(
+    conn: &Connection,
+    sql: &str,
+    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([], f)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+const ALL_SERVICES: &str =
+    "SELECT name, protocol, port, revision, created_at FROM services ORDER BY name";
+const ALL_ROUTES: &str = "SELECT host, path_prefix, service, rewrite_host, revision FROM routes ORDER BY host, path_prefix";
+
 fn get_meta(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
@@ -410,14 +425,8 @@ impl Store for SqliteStore {
     }
 
     async fn list_services(&self) -> Result<Vec<Service>, StoreError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
-                "SELECT {SERVICE_COLS} FROM services ORDER BY name"
-            ))?;
-            let rows = stmt.query_map([], row_to_service)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        self.with(|conn| all(conn, ALL_SERVICES, row_to_service))
+            .await
     }
 
     async fn set_protocol(&self, name: &str, protocol: Protocol) -> Result<Service, StoreError> {
@@ -500,14 +509,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_routes(&self) -> Result<Vec<Route>, StoreError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT host, path_prefix, service, rewrite_host, revision FROM routes ORDER BY host, path_prefix",
-            )?;
-            let rows = stmt.query_map([], row_to_route)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        self.with(|conn| all(conn, ALL_ROUTES, row_to_route)).await
     }
 
     async fn delete_route(&self, host: &str, path_prefix: &str) -> Result<u64, StoreError> {
@@ -660,11 +662,11 @@ impl Store for SqliteStore {
 
     async fn list_dataplanes(&self) -> Result<Vec<DataplaneRecord>, StoreError> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
-                "SELECT {DATAPLANE_COLS} FROM dataplanes ORDER BY id"
-            ))?;
-            let rows = stmt.query_map([], row_to_dataplane)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            all(
+                conn,
+                &format!("SELECT {DATAPLANE_COLS} FROM dataplanes ORDER BY id"),
+                row_to_dataplane,
+            )
         })
         .await
     }
@@ -837,33 +839,19 @@ impl Store for SqliteStore {
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
-            let services = {
-                let mut stmt =
-                    tx.prepare(&format!("SELECT {SERVICE_COLS} FROM services ORDER BY name"))?;
-                stmt.query_map([], row_to_service)?
-                    .collect::<Result<Vec<_>, _>>()?
-            };
-            let routes = {
-                let mut stmt = tx.prepare(
-                    "SELECT host, path_prefix, service, rewrite_host, revision FROM routes ORDER BY host, path_prefix",
-                )?;
-                stmt.query_map([], row_to_route)?
-                    .collect::<Result<Vec<_>, _>>()?
-            };
-            let dataplanes = {
-                let mut stmt =
-                    tx.prepare(&format!("SELECT {DATAPLANE_COLS} FROM dataplanes ORDER BY id"))?;
-                stmt.query_map([], row_to_dataplane)?
-                    .collect::<Result<Vec<_>, _>>()?
-            };
-            let tombstones = {
-                let mut stmt =
-                    tx.prepare("SELECT kind, key, revision FROM tombstones ORDER BY revision")?;
-                stmt.query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
+            let services = all(&tx, ALL_SERVICES, row_to_service)?;
+            let routes = all(&tx, ALL_ROUTES, row_to_route)?;
+            let dataplanes = all(
+                &tx,
+                &format!("SELECT {DATAPLANE_COLS} FROM dataplanes ORDER BY id"),
+                row_to_dataplane,
+            )?;
+            let tombstones = all(
+                &tx,
+                "SELECT kind, key, revision FROM tombstones ORDER BY revision",
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
+            )?
+            .into_iter()
                 .filter_map(|(k, key, rev)| {
                     TombstoneKind::parse(&k).map(|kind| Tombstone {
                         kind,
@@ -871,15 +859,12 @@ impl Store for SqliteStore {
                         revision: rev as u64,
                     })
                 })
-                .collect()
-            };
-            let ca_roots = {
-                let mut stmt = tx.prepare(
-                    "SELECT sha256, cert_pem, key_pem, signing, added_at FROM ca_roots ORDER BY added_at, sha256",
-                )?;
-                stmt.query_map([], row_to_root)?
-                    .collect::<Result<Vec<_>, _>>()?
-            };
+                .collect();
+            let ca_roots = all(
+                &tx,
+                "SELECT sha256, cert_pem, key_pem, signing, added_at FROM ca_roots ORDER BY added_at, sha256",
+                row_to_root,
+            )?;
             tx.commit()?;
             Ok(ConfigState {
                 revision: revision as u64,
