@@ -65,6 +65,9 @@ struct GatewayArgs {
     /// Time allowed for an upstream's response headers (gRPC and WebSockets excepted).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     upstream_timeout: Duration,
+    /// Client connections without traffic in either direction for this long are closed.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    idle_timeout: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
                 admin: a.admin,
                 state_dir: a.state_dir,
                 upstream_timeout: a.upstream_timeout,
+                idle_timeout: a.idle_timeout,
             },
             shutdown_signal(),
         )),

@@ -555,3 +555,78 @@ async fn edge_attacks_are_refused_and_the_gateway_keeps_serving() {
         "gateway must keep serving after a CONTINUATION flood"
     );
 }
+
+#[tokio::test]
+async fn idle_client_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    cp.weftctl_ok(&["route", "create", "localhost", "--service", "web"]);
+    let app = App::start("h1", "web").await;
+    let _s = Sidecar::start(&cp, "web", app.addr, "eu").await;
+    let gw = Gateway::start(&cp, "edge", &["--idle-timeout", "1s"]).await;
+    gw.wait_route("localhost").await;
+
+    // HTTP/1.1 keep-alive: served, then closed once idle.
+    let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => break,
+            Err(_) => panic!("idle HTTP/1.1 connection still open after 10 s"),
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "served first"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+
+    // HTTP/2: the server's SETTINGS, then a GOAWAY once idle, then the close.
+    let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    loop {
+        let mut head = [0u8; 9];
+        match tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => break,
+            Err(_) => panic!("idle HTTP/2 connection still open after 10 s: frames {frames:?}"),
+        }
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        frames.push(head[3]);
+        if head[3] == 0x4 && head[4] & 1 == 0 {
+            // Acknowledge the server's SETTINGS like a real client.
+            s.write_all(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+                .await
+                .unwrap();
+        }
+        if head[3] == 0x6 && head[4] & 1 == 0 {
+            // Answer PINGs (the graceful GOAWAY waits for one) like a real client.
+            let mut ack = b"\x00\x00\x08\x06\x01\x00\x00\x00\x00".to_vec();
+            ack.extend_from_slice(&payload);
+            let _ = s.write_all(&ack).await;
+        }
+    }
+    assert!(
+        frames.contains(&0x7),
+        "expected a GOAWAY before the close, got frame types {frames:?}"
+    );
+}

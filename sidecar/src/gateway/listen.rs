@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::h2c_upgrade;
+use super::idle::{Activity, Tracked};
 use super::proxy::{ConnInfo, Gateway};
 use crate::errors::{Body, full};
 use crate::inbound::app::MAX_HEADER_BYTES;
@@ -22,8 +23,6 @@ use crate::inbound::translate;
 
 /// How long a TLS client may take to finish the handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Connections with no request for this long are closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn h2_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -38,17 +37,35 @@ fn h2_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     b
 }
 
-/// Serves HTTP/2 on `io`.
+/// Serves HTTP/2 on `io`; after `idle` without traffic, GOAWAY and close.
 pub async fn serve_h2<T>(io: T, gw: Arc<Gateway>, info: ConnInfo)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = Activity::default();
+    let idle = gw.idle_timeout;
     let svc = hyper::service::service_fn(move |req| {
         let (gw, info) = (gw.clone(), info.clone());
         async move { Ok::<_, Infallible>(gw.handle(info, req).await) }
     });
-    if let Err(e) = h2_builder().serve_connection(TokioIo::new(io), svc).await {
-        tracing::debug!(error = %e, "client HTTP/2 connection ended with an error");
+    let builder = h2_builder();
+    let mut conn = std::pin::pin!(
+        builder.serve_connection(TokioIo::new(Tracked::new(io, activity.clone())), svc)
+    );
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "client HTTP/2 connection ended with an error");
+                }
+                return;
+            }
+            _ = activity.idle(idle), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 
@@ -57,6 +74,7 @@ pub async fn serve_h1<T>(io: T, gw: Arc<Gateway>, info: ConnInfo, allow_h2c: boo
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let idle = gw.idle_timeout;
     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let (gw, info) = (gw.clone(), info.clone());
         async move {
@@ -66,15 +84,29 @@ where
             Ok(gw.handle(info, req).await)
         }
     });
+    let activity = Activity::default();
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(MAX_HEADER_BYTES + 64 * 1024)
         .max_headers(2_000)
-        .serve_connection(TokioIo::new(io), svc)
+        .serve_connection(TokioIo::new(Tracked::new(io, activity.clone())), svc)
         .with_upgrades();
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "client HTTP/1.1 connection ended with an error");
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "client HTTP/1.1 connection ended with an error");
+                }
+                return;
+            }
+            _ = activity.idle(idle), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 
@@ -137,7 +169,7 @@ async fn plain(tcp: TcpStream, gw: Arc<Gateway>) {
     let Ok(peer) = tcp.peer_addr() else { return };
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;
-    let sniffed = tokio::time::timeout(IDLE_TIMEOUT, sniff(&mut tcp)).await;
+    let sniffed = tokio::time::timeout(gw.idle_timeout, sniff(&mut tcp)).await;
     let Ok(Ok((h2, prefix))) = sniffed else {
         return;
     };

@@ -8,6 +8,7 @@
 //! identity (`spiffe://<td>/gateway/<name>`).
 
 pub mod h2c_upgrade;
+pub mod idle;
 pub mod listen;
 pub mod proxy;
 pub mod routes;
@@ -55,6 +56,7 @@ pub struct GatewayConfig {
     pub admin: SocketAddr,
     pub state_dir: Option<PathBuf>,
     pub upstream_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
@@ -217,6 +219,7 @@ pub async fn run(
         upstreams: upstreams.clone(),
         metrics: metrics.clone(),
         upstream_timeout: cfg.upstream_timeout,
+        idle_timeout: cfg.idle_timeout,
         cert_names,
     });
     let (not_ready_tx, not_ready) = watch::channel(Some("waiting for the first config".to_owned()));

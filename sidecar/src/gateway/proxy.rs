@@ -59,6 +59,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Time allowed for response headers (not for gRPC or tunnels).
     pub upstream_timeout: Duration,
+    /// Client connections without traffic for this long are closed (GOAWAY first on h2).
+    pub idle_timeout: Duration,
     pub cert_names: CertNames,
 }
 
