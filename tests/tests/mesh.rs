@@ -500,3 +500,40 @@ async fn a_killed_endpoint_is_routed_around() {
     assert_eq!(failed, 0, "new connections must go to the live endpoint");
     let _ = DataplaneKind::Sidecar;
 }
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&[
+        "service",
+        "create",
+        "web",
+        "--protocol",
+        "http",
+        "--port",
+        "18950",
+    ]);
+    let app = App::start("h1", "web").await;
+    let mut server = Sidecar::start(&cp, "web", app.addr, "eu").await;
+    let (_c, client) = client_sidecar(&cp).await;
+    client.wait_endpoints("web", 1).await;
+    let url = format!("http://{}/sleep?ms=1500", client.outbound(18950));
+    // curl blocks, so it runs on its own thread while this one sends SIGTERM.
+    let slow = std::thread::spawn(move || call(&url, false));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = std::time::Instant::now();
+    let status = server
+        .proc
+        .terminate(Duration::from_secs(15))
+        .expect("sidecar exited");
+    assert!(status.success(), "exit status {status}");
+    let answered = slow.join().unwrap();
+    assert!(
+        answered.is_ok(),
+        "the in-flight request must complete: {answered:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "exited before the request finished"
+    );
+}
