@@ -3,16 +3,27 @@
 //!
 //! Push is event-driven: a committed change calls [`ConfigHub::notify`], one reloader
 //! task reads the store and publishes a new snapshot, and every discovery stream that
-//! waits on the channel wakes. Bursts of changes coalesce into one reload, and a stream
-//! that is behind computes one delta from the version its dataplane acknowledged.
+//! waits on the channel wakes. Bursts of changes coalesce into one reload (at most one
+//! per `RELOAD_INTERVAL`), and a stream that is behind computes one delta from the
+//! version its dataplane acknowledged, sent whole or in small parts
+//! ([`Snapshot::parts_for`]).
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
+use std::time::Duration;
 
+use prost::Message as _;
 use tokio::sync::{Notify, watch};
 use weft_proto::v1::{ConfigUpdate, DataplaneKind, Endpoint, Route, RouteKey, Service};
 
 use crate::store::{ConfigState, Store, Tombstone, TombstoneKind};
+
+/// Shortest time between two reloads started by [`ConfigHub::run`].
+const RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long [`ConfigHub::published`] waits for the reloader before reloading itself.
+const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 
 /// What a dataplane of a given kind receives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,69 +141,174 @@ impl Snapshot {
     /// The update that brings a dataplane of `kind` from `base` to this snapshot, or
     /// `None` when nothing it receives changed. `base = None` asks for a full config.
     pub fn update_for(&self, kind: DataplaneKind, base: Option<u64>) -> Option<ConfigUpdate> {
-        let want = interest(kind);
-        let mut update = ConfigUpdate {
-            version: self.version,
-            control_plane_id: self.control_plane_id.clone(),
-            trust_domain: self.trust_domain.clone(),
-            ..Default::default()
-        };
-        let base = match base {
-            Some(b) if b >= self.horizon && b <= self.version => b,
-            _ => {
-                update.full = true;
-                update.services = self.services.values().cloned().collect();
-                update.endpoints = self.endpoints.values().map(|(e, _)| e.clone()).collect();
-                if want.routes {
-                    update.routes = self.routes.values().cloned().collect();
-                }
-                update.trust_bundle_pem = self.bundle_pem.clone();
-                return Some(update);
-            }
-        };
-        if self.relevant_version(kind) <= base {
+        let mut plan = self.plan(kind, base)?;
+        Some(self.fill_part(&mut plan, usize::MAX))
+    }
+
+    /// The same update as [`Snapshot::update_for`], to be sent in parts of at most
+    /// `part_bytes` encoded bytes each (an item larger than that gets a part of its
+    /// own). The parts are built one at a time from the snapshot as they are sent, so
+    /// a stream never holds a copy of a whole full config.
+    pub fn parts_for(
+        self: &Arc<Self>,
+        kind: DataplaneKind,
+        base: Option<u64>,
+        part_bytes: usize,
+    ) -> Option<UpdateParts> {
+        let plan = self.plan(kind, base)?;
+        Some(UpdateParts {
+            snapshot: self.clone(),
+            plan,
+            part_bytes,
+        })
+    }
+
+    /// What an update from `base` contains, or `None` when nothing changed for `kind`.
+    fn plan(&self, kind: DataplaneKind, base: Option<u64>) -> Option<Plan> {
+        let base = base.filter(|b| *b >= self.horizon && *b <= self.version);
+        if base.is_some_and(|b| self.relevant_version(kind) <= b) {
             return None;
         }
-        update.base_version = base;
-        update.services = self
-            .services
-            .values()
-            .filter(|s| s.revision > base)
-            .cloned()
-            .collect();
-        update.endpoints = self
-            .endpoints
-            .values()
-            .filter(|(_, rev)| *rev > base)
-            .map(|(e, _)| e.clone())
-            .collect();
-        if want.routes {
-            update.routes = self
-                .routes
-                .values()
-                .filter(|r| r.revision > base)
-                .cloned()
-                .collect();
+        Some(Plan {
+            routes: interest(kind).routes,
+            base,
+            pos: Pos::Header,
+        })
+    }
+
+    /// Builds the next part of `plan`: items in key order (services, endpoints, routes,
+    /// then removals) until the next one would take the part over `limit`. Sets `more`
+    /// when items remain; then `plan` holds where the next part starts.
+    fn fill_part(&self, plan: &mut Plan, limit: usize) -> ConfigUpdate {
+        let changed = |rev: u64| plan.base.is_none_or(|b| rev > b);
+        let mut part = ConfigUpdate {
+            version: self.version,
+            base_version: plan.base.unwrap_or(0),
+            full: plan.base.is_none(),
+            control_plane_id: self.control_plane_id.clone(),
+            ..Default::default()
+        };
+        if matches!(plan.pos, Pos::Header) {
+            part.trust_domain = self.trust_domain.clone();
+            if plan.base.is_none_or(|b| self.bundle_revision > b) {
+                part.trust_bundle_pem = self.bundle_pem.clone();
+            }
+            plan.pos = Pos::Services(Bound::Unbounded);
         }
-        let first = self.tombstones.partition_point(|t| t.revision <= base);
-        for t in &self.tombstones[first..] {
-            match t.kind {
-                TombstoneKind::Service => update.removed_services.push(t.key.clone()),
-                TombstoneKind::Endpoint => update.removed_endpoints.push(t.key.clone()),
-                TombstoneKind::Route if want.routes => {
-                    let (host, prefix) = t.key.split_once('\n').unwrap_or((&t.key, "/"));
-                    update.removed_routes.push(RouteKey {
-                        host: host.to_owned(),
-                        path_prefix: prefix.to_owned(),
-                    });
+        // The `more` flag (2 bytes) is counted in case it is needed.
+        let mut size = part.encoded_len() + 2;
+        let mut empty = true;
+        // Whether an item of `len` encoded bytes still fits; the first always does.
+        let mut fits = |len: usize| {
+            let field = 1 + prost::length_delimiter_len(len) + len;
+            if empty || size.saturating_add(field) <= limit {
+                size = size.saturating_add(field);
+                empty = false;
+                true
+            } else {
+                false
+            }
+        };
+        loop {
+            match &plan.pos {
+                Pos::Header => plan.pos = Pos::Services(Bound::Unbounded),
+                Pos::Services(after) => {
+                    let after = after.as_ref().map(String::as_str);
+                    let next = self
+                        .services
+                        .range::<str, _>((after, Bound::Unbounded))
+                        .map(|(_, s)| s)
+                        .find(|s| changed(s.revision));
+                    match next {
+                        Some(s) if !fits(s.encoded_len()) => break,
+                        Some(s) => {
+                            part.services.push(s.clone());
+                            plan.pos = Pos::Services(Bound::Excluded(s.name.clone()));
+                        }
+                        None => plan.pos = Pos::Endpoints(Bound::Unbounded),
+                    }
                 }
-                TombstoneKind::Route => {}
+                Pos::Endpoints(after) => {
+                    let after = after.as_ref().map(String::as_str);
+                    let next = self
+                        .endpoints
+                        .range::<str, _>((after, Bound::Unbounded))
+                        .map(|(_, e)| e)
+                        .find(|(_, rev)| changed(*rev));
+                    match next {
+                        Some((e, _)) if !fits(e.encoded_len()) => break,
+                        Some((e, _)) => {
+                            part.endpoints.push(e.clone());
+                            plan.pos = Pos::Endpoints(Bound::Excluded(e.id.clone()));
+                        }
+                        None if plan.routes => plan.pos = Pos::Routes(Bound::Unbounded),
+                        None => plan.pos = self.removals_from(plan.base),
+                    }
+                }
+                Pos::Routes(after) => {
+                    let next = self
+                        .routes
+                        .range((after.as_ref(), Bound::Unbounded))
+                        .map(|(_, r)| r)
+                        .find(|r| changed(r.revision));
+                    match next {
+                        Some(r) if !fits(r.encoded_len()) => break,
+                        Some(r) => {
+                            part.routes.push(r.clone());
+                            plan.pos = Pos::Routes(Bound::Excluded((
+                                r.host.clone(),
+                                r.path_prefix.clone(),
+                            )));
+                        }
+                        None => plan.pos = self.removals_from(plan.base),
+                    }
+                }
+                Pos::Removals(i) => {
+                    let Some(t) = self.tombstones.get(*i) else {
+                        plan.pos = Pos::Done;
+                        continue;
+                    };
+                    match t.kind {
+                        TombstoneKind::Service => {
+                            if !fits(t.key.len()) {
+                                break;
+                            }
+                            part.removed_services.push(t.key.clone());
+                        }
+                        TombstoneKind::Endpoint => {
+                            if !fits(t.key.len()) {
+                                break;
+                            }
+                            part.removed_endpoints.push(t.key.clone());
+                        }
+                        TombstoneKind::Route if plan.routes => {
+                            let (host, prefix) = t.key.split_once('\n').unwrap_or((&t.key, "/"));
+                            let key = RouteKey {
+                                host: host.to_owned(),
+                                path_prefix: prefix.to_owned(),
+                            };
+                            if !fits(key.encoded_len()) {
+                                break;
+                            }
+                            part.removed_routes.push(key);
+                        }
+                        TombstoneKind::Route => {}
+                    }
+                    plan.pos = Pos::Removals(i + 1);
+                }
+                Pos::Done => return part,
             }
         }
-        if self.bundle_revision > base {
-            update.trust_bundle_pem = self.bundle_pem.clone();
+        part.more = true;
+        part
+    }
+
+    /// Where the removals of a delta from `base` start; a full config has none.
+    fn removals_from(&self, base: Option<u64>) -> Pos {
+        match base {
+            Some(b) => Pos::Removals(self.tombstones.partition_point(|t| t.revision <= b)),
+            None => Pos::Done,
         }
-        Some(update)
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Service> {
@@ -201,6 +317,61 @@ impl Snapshot {
 
     pub fn bundle_pem(&self) -> &str {
         &self.bundle_pem
+    }
+}
+
+/// What one update contains and how far sending it got.
+#[derive(Debug)]
+struct Plan {
+    routes: bool,
+    /// The version the update is a delta from; `None` for a full config.
+    base: Option<u64>,
+    pos: Pos,
+}
+
+/// The next item of an update to put in a part: items are sent in key order, so the
+/// position is the last key sent (the snapshot is immutable, so keys stay valid).
+#[derive(Debug)]
+enum Pos {
+    /// Nothing sent yet: the first part also carries the trust domain and bundle.
+    Header,
+    Services(Bound<String>),
+    Endpoints(Bound<String>),
+    Routes(Bound<(String, String)>),
+    /// Index into the tombstones (sorted by revision).
+    Removals(usize),
+    Done,
+}
+
+/// An update being sent in parts (see [`Snapshot::parts_for`]).
+#[derive(Debug)]
+pub struct UpdateParts {
+    snapshot: Arc<Snapshot>,
+    plan: Plan,
+    part_bytes: usize,
+}
+
+impl UpdateParts {
+    /// The version the update brings the dataplane to.
+    pub fn version(&self) -> u64 {
+        self.snapshot.version
+    }
+
+    /// Whether at least one part was returned already.
+    pub fn started(&self) -> bool {
+        !matches!(self.plan.pos, Pos::Header)
+    }
+}
+
+impl Iterator for UpdateParts {
+    type Item = ConfigUpdate;
+
+    /// The next part; the last one has `more == false`.
+    fn next(&mut self) -> Option<ConfigUpdate> {
+        if matches!(self.plan.pos, Pos::Done) {
+            return None;
+        }
+        Some(self.snapshot.fill_part(&mut self.plan, self.part_bytes))
     }
 }
 
@@ -237,22 +408,66 @@ impl ConfigHub {
         self.dirty.notify_one();
     }
 
-    /// Reloads right now and publishes if the revision moved. Admin calls use this so
-    /// that, when they return, the change is already on its way to every stream.
+    /// Reloads right now and publishes if the revision moved forward. Admin calls use
+    /// this so that, when they return, the change is already on its way to every stream.
     pub async fn reload(&self) -> Result<(), crate::store::StoreError> {
         let state = self.store.config_state().await?;
-        if state.revision != self.tx.borrow().version {
-            let snap = Snapshot::from_state(state, &self.control_plane_id, &self.trust_domain);
-            self.tx.send_replace(Arc::new(snap));
+        if state.revision > self.tx.borrow().version {
+            let snap = Arc::new(Snapshot::from_state(
+                state,
+                &self.control_plane_id,
+                &self.trust_domain,
+            ));
+            // Two reloads may run at once (the reloader and an admin call): never let
+            // the one that read the store first replace a newer snapshot.
+            self.tx.send_if_modified(|current| {
+                let newer = snap.version > current.version;
+                if newer {
+                    *current = snap;
+                }
+                newer
+            });
         }
         Ok(())
     }
 
+    /// Waits until the published snapshot reflects store `revision`, asking the
+    /// reloader for it. A new discovery stream uses this to include its own
+    /// registration: during a connect storm the registrations of many streams then
+    /// share one reload (see [`ConfigHub::run`]) instead of each rebuilding the
+    /// snapshot and pushing a delta to every connected stream.
+    pub async fn published(&self, revision: u64) -> Result<(), crate::store::StoreError> {
+        let mut rx = self.tx.subscribe();
+        if rx.borrow().version >= revision {
+            return Ok(());
+        }
+        self.notify();
+        let published = tokio::time::timeout(PUBLISH_WAIT, rx.wait_for(|s| s.version >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if published {
+            Ok(())
+        } else {
+            // The reloader failed to read the store: try here, and report the error.
+            self.reload().await
+        }
+    }
+
     /// Reloader loop: waits for [`ConfigHub::notify`]; a burst of notifications while a
-    /// reload runs results in exactly one more reload.
+    /// reload runs results in exactly one more reload. Reloads start at most every
+    /// `RELOAD_INTERVAL` (100 ms): the first change after a quiet spell is published at once,
+    /// and during a burst (a fleet reconnecting, each registration a new revision) the
+    /// changes of one interval share one snapshot and one push per stream, which keeps
+    /// the work of a burst linear rather than quadratic in the number of dataplanes.
+    /// Admin changes do not wait for this: they call [`ConfigHub::reload`] directly.
     pub async fn run(self: Arc<Self>) {
+        let mut last: Option<tokio::time::Instant> = None;
         loop {
             self.dirty.notified().await;
+            if let Some(last) = last {
+                tokio::time::sleep_until(last + RELOAD_INTERVAL).await;
+            }
+            last = Some(tokio::time::Instant::now());
             if let Err(e) = self.reload().await {
                 tracing::error!(error = %e, "cannot reload config from the store; will retry on the next change");
             }
@@ -371,5 +586,166 @@ mod tests {
         );
         assert!(!snap.can_delta_from("other-cp", 6));
         assert!(snap.can_delta_from("cp", 6));
+    }
+
+    /// A bigger state: many services and endpoints, routes, and tombstones of each kind.
+    fn big_state() -> ConfigState {
+        let mut st = state();
+        st.revision = 500;
+        st.services = (0..60)
+            .map(|i| Service {
+                name: format!("svc-{i:03}"),
+                protocol: Protocol::Http as i32,
+                revision: 10 + i,
+                ..Default::default()
+            })
+            .collect();
+        st.routes = (0..40)
+            .map(|i| Route {
+                host: format!("h{i}.example.com"),
+                path_prefix: "/".into(),
+                service: "svc-001".into(),
+                rewrite_host: String::new(),
+                revision: 100 + i,
+            })
+            .collect();
+        st.dataplanes = (0..300)
+            .map(|i| DataplaneRecord {
+                id: format!(
+                    "service/svc-{:03}/10.0.{}.{}:15008",
+                    i % 60,
+                    i / 250,
+                    i % 250
+                ),
+                kind: DataplaneKind::Sidecar,
+                name: format!("svc-{:03}", i % 60),
+                region: "eu".into(),
+                address: format!("10.0.{}.{}:15008", i / 250, i % 250),
+                healthy: i % 7 != 0,
+                app_protocol: AppProtocol::Unknown,
+                revision: 150 + i,
+                last_seen: 0,
+                acked_version: 0,
+                cert_expiry: 0,
+            })
+            .collect();
+        st.tombstones = (0..90)
+            .map(|i| Tombstone {
+                kind: [
+                    TombstoneKind::Service,
+                    TombstoneKind::Endpoint,
+                    TombstoneKind::Route,
+                ][i % 3],
+                key: if i % 3 == 2 {
+                    format!("gone{i}.example.com\n/api")
+                } else {
+                    format!("gone-{i}")
+                },
+                revision: 400 + i as u64,
+            })
+            .collect();
+        st.tombstone_horizon = 5;
+        st.ca_roots[0].cert_pem = "-----BEGIN CERTIFICATE-----\n".repeat(40);
+        st.bundle_revision = 450;
+        st
+    }
+
+    /// Joins parts the way a dataplane does.
+    fn join(parts: &[ConfigUpdate]) -> ConfigUpdate {
+        let mut whole = parts[0].clone();
+        for p in &parts[1..] {
+            assert_eq!(
+                (p.version, p.base_version, p.full, &p.control_plane_id),
+                (
+                    whole.version,
+                    whole.base_version,
+                    whole.full,
+                    &whole.control_plane_id
+                ),
+                "every part carries the same header"
+            );
+            assert!(p.trust_domain.is_empty() && p.trust_bundle_pem.is_empty());
+            whole.services.extend(p.services.iter().cloned());
+            whole
+                .removed_services
+                .extend(p.removed_services.iter().cloned());
+            whole.endpoints.extend(p.endpoints.iter().cloned());
+            whole
+                .removed_endpoints
+                .extend(p.removed_endpoints.iter().cloned());
+            whole.routes.extend(p.routes.iter().cloned());
+            whole
+                .removed_routes
+                .extend(p.removed_routes.iter().cloned());
+        }
+        whole.more = false;
+        whole
+    }
+
+    fn items(p: &ConfigUpdate) -> usize {
+        p.services.len()
+            + p.removed_services.len()
+            + p.endpoints.len()
+            + p.removed_endpoints.len()
+            + p.routes.len()
+            + p.removed_routes.len()
+    }
+
+    #[test]
+    fn parts_add_up_to_the_update() {
+        let snap = Arc::new(Snapshot::from_state(big_state(), "cp", "weft.local"));
+        for kind in [DataplaneKind::Sidecar, DataplaneKind::Gateway] {
+            for base in [None, Some(2), Some(120), Some(300), Some(420), Some(480)] {
+                let whole = snap.update_for(kind, base).unwrap();
+                assert!(!whole.more);
+                for limit in [1, 300, 1000, 4000, usize::MAX] {
+                    let mut it = snap.parts_for(kind, base, limit).unwrap();
+                    assert!(!it.started());
+                    assert_eq!(it.version(), 500);
+                    let parts: Vec<ConfigUpdate> = it.by_ref().collect();
+                    assert!(it.started() && it.next().is_none());
+                    let (last, rest) = parts.split_last().unwrap();
+                    assert!(
+                        rest.iter().all(|p| p.more) && !last.more,
+                        "{kind:?} {base:?} {limit}"
+                    );
+                    for p in &parts {
+                        assert!(
+                            p.encoded_len() <= limit || items(p) <= 1,
+                            "part of {} bytes over {limit}",
+                            p.encoded_len()
+                        );
+                    }
+                    assert_eq!(join(&parts), whole, "{kind:?} {base:?} {limit}");
+                    if limit == usize::MAX {
+                        assert_eq!(parts.len(), 1);
+                    }
+                    if limit == 4000 && base.is_none() {
+                        assert!(parts.len() > 5, "a full config is split");
+                    }
+                }
+            }
+        }
+        // Nothing to send is still nothing.
+        assert!(
+            snap.parts_for(DataplaneKind::Sidecar, Some(500), 4000)
+                .is_none()
+        );
+        let full = snap.update_for(DataplaneKind::Gateway, None).unwrap();
+        assert_eq!(
+            (full.services.len(), full.endpoints.len(), full.routes.len()),
+            (60, 300, 40)
+        );
+        let delta = snap.update_for(DataplaneKind::Gateway, Some(420)).unwrap();
+        assert_eq!(
+            (
+                delta.removed_services.len(),
+                delta.removed_endpoints.len(),
+                delta.removed_routes.len()
+            ),
+            (23, 23, 23)
+        );
+        assert_eq!(delta.removed_routes[0].path_prefix, "/api");
+        assert!(!delta.trust_bundle_pem.is_empty());
     }
 }

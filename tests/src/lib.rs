@@ -351,6 +351,7 @@ pub fn sidecar_hello(service: &str, region: &str, address: &str) -> Hello {
         known_version: 0,
         control_plane_id: String::new(),
         dataplane_id: String::new(),
+        accepts_update_parts: false,
     }
 }
 

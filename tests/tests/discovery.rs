@@ -293,3 +293,117 @@ async fn an_endpoint_whose_stream_is_gone_becomes_unhealthy() {
             .any(|e| e.address == "127.0.0.1:25010" && !e.healthy)
     );
 }
+
+/// Opens a discovery stream that asks for updates in parts, as `weft-sidecar` does.
+async fn parts_stream(
+    channel: tonic::transport::Channel,
+    hello: Hello,
+) -> (
+    tokio::sync::mpsc::Sender<DiscoveryRequest>,
+    tonic::Streaming<DiscoveryResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let hello = Hello {
+        accepts_update_parts: true,
+        ..hello
+    };
+    tx.send(DiscoveryRequest {
+        message: Some(discovery_request::Message::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let stream = discovery_client::DiscoveryClient::new(channel)
+        .stream(req)
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, stream)
+}
+
+/// The messages of the next update, up to the one without `more`.
+async fn next_parts(stream: &mut tonic::Streaming<DiscoveryResponse>) -> Vec<ConfigUpdate> {
+    let mut parts = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("an update within the wait")
+            .unwrap()
+            .expect("the stream is open");
+        let Some(discovery_response::Message::Update(part)) = msg.message else {
+            continue;
+        };
+        let more = part.more;
+        parts.push(part);
+        if !more {
+            return parts;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_large_update_comes_in_small_parts_to_dataplanes_that_ask() {
+    use prost::Message as _;
+    let cp = ControlPlane::start(&[]).await;
+    let mut admin = cp.admin().await;
+    let names: Vec<String> = (0..100)
+        .map(|i| format!("a-service-with-a-long-name-so-the-config-is-large-{i:03}"))
+        .collect();
+    for name in &names {
+        admin
+            .create_service(CreateServiceRequest {
+                name: name.clone(),
+                protocol: Protocol::Http as i32,
+                port: 0,
+            })
+            .await
+            .unwrap();
+    }
+    let token = cp.token_for(DataplaneKind::Sidecar, &names[0]).await;
+    let id = DataplaneIdentity::bootstrap(&cp.url(), &token).await;
+    let hello = sidecar_hello(&names[0], "eu", "127.0.0.1:25020");
+
+    // A dataplane that did not ask for parts gets the full config as one message.
+    let mut whole_sub = Subscriber::connect(id.channel.clone(), hello.clone())
+        .await
+        .unwrap();
+    let whole = whole_sub.next_update(WAIT).await;
+    assert!(whole.full && !whole.more);
+    assert_eq!(whole.services.len(), 100);
+    assert!(whole.encoded_len() > 6000, "{}", whole.encoded_len());
+
+    // The same dataplane asking for parts gets the same update in small messages.
+    let (tx, mut stream) = parts_stream(id.channel.clone(), hello).await;
+    let parts = next_parts(&mut stream).await;
+    assert!(parts.len() >= 2, "{} parts", parts.len());
+    for p in &parts {
+        assert!(
+            p.encoded_len() <= 4000,
+            "a part of {} bytes",
+            p.encoded_len()
+        );
+        assert_eq!((p.version, p.full), (whole.version, true));
+    }
+    let mut asm = weft_sidecar::control::config::UpdateAssembler::default();
+    let mut assembled = None;
+    for p in parts {
+        assembled = asm.push(p).unwrap();
+    }
+    assert_eq!(assembled.as_ref(), Some(&whole));
+
+    // Acked at the last part, it is the base of the next delta, a single message.
+    tx.send(DiscoveryRequest {
+        message: Some(discovery_request::Message::Ack(Ack {
+            version: whole.version,
+        })),
+    })
+    .await
+    .unwrap();
+    cp.weftctl_ok(&["service", "set-protocol", &names[1], "http2"]);
+    let delta = next_parts(&mut stream).await;
+    assert_eq!(delta.len(), 1);
+    assert_eq!(delta[0].base_version, whole.version);
+    assert_eq!(delta[0].services.len(), 1);
+    assert_eq!(delta[0].services[0].protocol, Protocol::Http2 as i32);
+    drop(whole_sub);
+}

@@ -3,12 +3,18 @@
 //! something it cares about changed, one at a time: the next update is computed from
 //! the version it acknowledged, so a slow dataplane gets one coalesced delta instead
 //! of a backlog, and a nack leaves its current version where it was.
+//!
+//! A control plane holds one stream per dataplane of the fleet, so what a stream costs
+//! while idle is what matters: the session is the response stream itself (no task, no
+//! channel), woken by the inbound messages and the config watch, and updates go out
+//! in small parts to dataplanes that can assemble them (`Hello.accepts_update_parts`).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures_util::Stream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 use weft_certs::IdentityKind;
 use weft_proto::v1::discovery_request::Message as In;
@@ -17,12 +23,24 @@ use weft_proto::v1::discovery_server::Discovery;
 use weft_proto::v1::{AppProtocol, DataplaneKind, DiscoveryRequest, DiscoveryResponse, Hello};
 
 use super::{Shared, auth, status};
+use crate::hub::{Snapshot, UpdateParts};
 use crate::registry::{default_id, now_unix};
 use crate::store::DataplaneRegistration;
 use crate::validate;
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest encoded part of an update, for dataplanes that take parts. tonic encodes
+/// the messages of a stream into one buffer that starts at 8 KiB and is kept for the
+/// stream's life, grown to fit the largest message: a 113 kB full config left 128 KiB
+/// behind on every stream. Parts of at most half the initial size also never make it
+/// grow when a part starts near the end of the buffer (`BytesMut` then reclaims the
+/// space already sent instead of doubling).
+const PART_BYTES: usize = 4000;
+
+/// The response stream of one discovery session.
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
 
 pub struct DiscoveryService {
     shared: Arc<Shared>,
@@ -57,19 +75,65 @@ fn check_region(region: &str) -> Result<(), Status> {
     }
 }
 
-/// Everything a session needs to know about its dataplane.
-struct Session {
+/// One open stream, counted in the metrics; dropping it (when the session ends for any
+/// reason, including hyper dropping the response stream because the dataplane went
+/// away) records the disconnection.
+struct Connected {
     shared: Arc<Shared>,
     id: String,
-    kind: DataplaneKind,
     generation: u64,
+}
+
+impl Connected {
+    fn new(shared: Arc<Shared>, id: String, generation: u64) -> Self {
+        shared.metrics.streams_connected.inc();
+        Connected {
+            shared,
+            id,
+            generation,
+        }
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.shared.metrics.streams_connected.dec();
+        tracing::info!(dataplane = %self.id, "discovery stream closed");
+        // Recording it writes to the store: do that on a task of its own. Without a
+        // runtime the process is shutting down and the grace timers are moot anyway.
+        let registry = self.shared.registry.clone();
+        let (id, generation) = (std::mem::take(&mut self.id), self.generation);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { registry.disconnected(&id, generation).await });
+        }
+    }
+}
+
+/// Everything a session needs to know about its dataplane, and where it is.
+struct Session {
+    conn: Connected,
+    kind: DataplaneKind,
+    /// Encoded size limit of one message (`usize::MAX`: whole updates only).
+    part_bytes: usize,
+    inbound: Streaming<DiscoveryRequest>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
     /// Version the dataplane holds (None: it holds nothing we can delta from).
     base: Option<u64>,
+    /// The update sent and not yet acknowledged, and when it was sent.
+    in_flight: Option<(u64, Instant)>,
+    /// The parts of the in-flight update still to send.
+    sending: Option<UpdateParts>,
+    /// The last version the dataplane rejected; it is not sent again.
+    nacked: Option<u64>,
+    /// Whether to look for something to send.
+    check: bool,
+    /// A protocol error was sent: the stream ends.
+    ended: bool,
 }
 
 #[tonic::async_trait]
 impl Discovery for DiscoveryService {
-    type StreamStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type StreamStream = ResponseStream;
 
     async fn stream(
         &self,
@@ -96,6 +160,11 @@ impl Discovery for DiscoveryService {
                     "the first message on the discovery stream must be Hello",
                 ));
             }
+        };
+        let part_bytes = if hello.accepts_update_parts {
+            PART_BYTES
+        } else {
+            usize::MAX
         };
         let kind = DataplaneKind::try_from(hello.kind)
             .ok()
@@ -128,7 +197,7 @@ impl Discovery for DiscoveryService {
             id
         };
         let shared = self.shared.clone();
-        shared
+        let record = shared
             .store
             .register_dataplane(DataplaneRegistration {
                 id: id.clone(),
@@ -141,117 +210,140 @@ impl Discovery for DiscoveryService {
             })
             .await
             .map_err(status)?;
-        // Publish our own (re)registration before computing what to send.
-        if let Err(e) = shared.hub.reload().await {
+        // Our own (re)registration must be in the snapshot we compute from.
+        if let Err(e) = shared.hub.published(record.revision).await {
             tracing::warn!(error = %e, "reload after registration failed");
         }
         let generation = shared.registry.connected(&id, cert_expiry);
-        let snap = shared.hub.current();
-        let base = snap
+        let snapshots = shared.hub.subscribe();
+        let base = snapshots
+            .borrow()
             .can_delta_from(&hello.control_plane_id, hello.known_version)
             .then_some(hello.known_version);
-        tracing::info!(dataplane = %id, region = %hello.region, known = hello.known_version, delta = base.is_some(), "discovery stream opened");
+        tracing::info!(dataplane = %id, region = %hello.region, known = hello.known_version, delta = base.is_some(), parts = part_bytes != usize::MAX, "discovery stream opened");
 
-        let (tx, rx) = mpsc::channel(4);
         let session = Session {
-            shared,
-            id,
+            conn: Connected::new(shared, id, generation),
             kind,
-            generation,
+            part_bytes,
+            inbound,
+            snapshots,
             base,
+            in_flight: None,
+            sending: None,
+            nacked: None,
+            check: true,
+            ended: false,
         };
-        tokio::spawn(session.run(inbound, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let stream = futures_util::stream::unfold(session, |mut session| async move {
+            let item = session.next_message().await?;
+            Some((item, session))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
 impl Session {
-    async fn run(
-        mut self,
-        mut inbound: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    ) {
-        let metrics = self.shared.metrics.clone();
-        metrics.streams_connected.inc();
-        let mut snapshots = self.shared.hub.subscribe();
-        let mut in_flight: Option<(u64, Instant)> = None;
-        let mut nacked: Option<u64> = None;
-        let mut check = true;
+    /// The next message to send; `None` ends the stream. Runs only while tonic polls
+    /// the response stream, i.e. while the stream is open and can take more data. The
+    /// parts of an update go out back to back; the dataplane's answer is read after.
+    async fn next_message(&mut self) -> Option<Result<DiscoveryResponse, Status>> {
+        if self.ended {
+            return None;
+        }
         loop {
-            if check && in_flight.is_none() {
-                check = false;
-                let snap = snapshots.borrow_and_update().clone();
-                // A nacked version is not sent again; a newer one is.
-                if nacked.is_none_or(|n| n < snap.version) {
-                    match snap.update_for(self.kind, self.base) {
-                        Some(update) => {
-                            let version = update.version;
-                            let msg = DiscoveryResponse {
-                                message: Some(Out::Update(update)),
-                            };
-                            if tx.send(Ok(msg)).await.is_err() {
-                                break;
-                            }
-                            metrics.pushes.inc();
-                            self.shared.registry.sent(&self.id, version);
-                            in_flight = Some((version, Instant::now()));
-                        }
-                        None => {
-                            if let Some(base) = self.base {
-                                self.shared.registry.acked(&self.id, base);
-                            }
-                        }
+            if let Some(parts) = &mut self.sending {
+                if parts.started() {
+                    // Pause twice between parts. tonic encodes every message the
+                    // stream has ready into one buffer before handing it on, so the
+                    // first pause makes it hand on the previous part alone and its
+                    // buffer stays small. At the second, nothing is ready and hyper
+                    // yields the task: the connection task writes that part out
+                    // before the next is queued. Otherwise h2 would queue every part
+                    // of a full config at once and keep its send queue that large for
+                    // the connection's life (about 7 kB per stream).
+                    tokio::task::yield_now().await;
+                    tokio::task::yield_now().await;
+                }
+                match parts.next() {
+                    Some(part) => {
+                        return Some(Ok(DiscoveryResponse {
+                            message: Some(Out::Update(part)),
+                        }));
                     }
+                    None => self.sending = None,
+                }
+            }
+            if self.check && self.in_flight.is_none() {
+                self.check = false;
+                self.start_update();
+                if self.sending.is_some() {
+                    continue;
                 }
             }
             tokio::select! {
-                changed = snapshots.changed(), if in_flight.is_none() => {
+                changed = self.snapshots.changed(), if self.in_flight.is_none() => {
                     if changed.is_err() {
-                        break;
+                        return None;
                     }
-                    check = true;
+                    self.check = true;
                 }
-                msg = inbound.message() => match msg {
+                msg = self.inbound.message() => match msg {
                     Ok(Some(DiscoveryRequest { message: Some(m) })) => {
-                        if let Err(e) = self.handle(m, &mut in_flight, &mut nacked).await {
-                            let _ = tx.send(Err(e)).await;
-                            break;
+                        if let Err(e) = self.handle(m).await {
+                            self.ended = true;
+                            return Some(Err(e));
                         }
-                        check = true;
+                        self.check = true;
                     }
                     Ok(Some(DiscoveryRequest { message: None })) => {}
-                    Ok(None) => break,
+                    Ok(None) => return None,
                     Err(e) => {
-                        tracing::debug!(dataplane = %self.id, error = %e, "discovery stream broke");
-                        break;
+                        tracing::debug!(dataplane = %self.conn.id, error = %e, "discovery stream broke");
+                        return None;
                     }
                 },
-                _ = tx.closed() => break,
             }
         }
-        metrics.streams_connected.dec();
-        tracing::info!(dataplane = %self.id, "discovery stream closed");
-        self.shared
-            .registry
-            .disconnected(&self.id, self.generation)
-            .await;
     }
 
-    async fn handle(
-        &mut self,
-        m: In,
-        in_flight: &mut Option<(u64, Instant)>,
-        nacked: &mut Option<u64>,
-    ) -> Result<(), Status> {
-        let metrics = &self.shared.metrics;
+    /// Starts sending the update from the acknowledged version to the latest snapshot,
+    /// if there is one to send.
+    fn start_update(&mut self) {
+        let snap = self.snapshots.borrow_and_update().clone();
+        // A nacked version is not sent again; a newer one is.
+        if self.nacked.is_some_and(|n| n >= snap.version) {
+            return;
+        }
+        let shared = &self.conn.shared;
+        match snap.parts_for(self.kind, self.base, self.part_bytes) {
+            Some(parts) => {
+                let version = parts.version();
+                shared.metrics.pushes.inc();
+                shared.registry.sent(&self.conn.id, version);
+                self.in_flight = Some((version, Instant::now()));
+                self.sending = Some(parts);
+            }
+            None => {
+                if let Some(base) = self.base {
+                    shared.registry.acked(&self.conn.id, base);
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, m: In) -> Result<(), Status> {
+        let shared = &self.conn.shared;
+        let metrics = &shared.metrics;
+        let id = &self.conn.id;
         match m {
             In::Ack(ack) => {
-                if let Some((v, sent_at)) = *in_flight {
+                if let Some((v, sent_at)) = self.in_flight {
                     if ack.version == v {
-                        *in_flight = None;
-                        *nacked = None;
+                        self.in_flight = None;
+                        self.nacked = None;
                         self.base = Some(v);
-                        self.shared.registry.acked(&self.id, v);
+                        shared.registry.acked(id, v);
                         metrics.acks.inc();
                         metrics
                             .push_to_ack_seconds
@@ -260,19 +352,19 @@ impl Session {
                 }
             }
             In::Nack(nack) => {
-                if let Some((v, _)) = *in_flight {
+                if let Some((v, _)) = self.in_flight {
                     if nack.version == v {
-                        *in_flight = None;
-                        *nacked = Some(v);
+                        self.in_flight = None;
+                        self.nacked = Some(v);
                         metrics.nacks.inc();
-                        tracing::warn!(dataplane = %self.id, version = v, error = %nack.error, "dataplane rejected config");
-                        self.shared.registry.nacked(&self.id, v, nack.error);
+                        tracing::warn!(dataplane = %id, version = v, error = %nack.error, "dataplane rejected config");
+                        shared.registry.nacked(id, v, nack.error);
                     }
                 }
             }
             In::AppStatus(s) => {
                 let app = AppProtocol::try_from(s.protocol).unwrap_or(AppProtocol::Unknown);
-                self.shared.registry.app_status(&self.id, app).await;
+                shared.registry.app_status(id, app).await;
             }
             In::Hello(_) => {
                 return Err(Status::invalid_argument(

@@ -14,7 +14,7 @@ use weft_proto::v1::discovery_request::Message as Out;
 use weft_proto::v1::discovery_response::Message as In;
 use weft_proto::v1::{Ack, AppProtocol, AppStatus, DataplaneKind, DiscoveryRequest, Hello, Nack};
 
-use super::config::{ApplyError, MeshConfig};
+use super::config::{ApplyError, MeshConfig, UpdateAssembler};
 use super::state_dir::StateDir;
 use super::status_line;
 
@@ -141,6 +141,9 @@ impl DiscoveryClient {
             known_version: if full { 0 } else { held.version },
             control_plane_id: held.control_plane_id.clone(),
             dataplane_id: self.hello.dataplane_id.clone(),
+            // Small messages only: a large one costs memory on both ends for the
+            // stream's whole life (ConfigUpdate.more).
+            accepts_update_parts: true,
         };
         let _ = tx
             .send(DiscoveryRequest {
@@ -152,23 +155,30 @@ impl DiscoveryClient {
             let _ = tx.send(app_status(app)).await;
         }
         let mut app_status_open = true;
-        let mut inbound = match RawClient::new(self.channel.clone())
-            .stream(ReceiverStream::new(rx))
-            .await
-        {
+        let request = tonic::Request::new(ReceiverStream::new(rx));
+        let mut parts = UpdateAssembler::default();
+        let mut inbound = match RawClient::new(self.channel.clone()).stream(request).await {
             Ok(r) => r.into_inner(),
             Err(s) => return End::Retry(status_line(&s)),
         };
         loop {
             tokio::select! {
                 msg = inbound.message() => {
-                    let update = match msg {
+                    let part = match msg {
                         Ok(Some(r)) => match r.message {
                             Some(In::Update(u)) => u,
                             None => continue,
                         },
                         Ok(None) => return End::Retry("control plane closed the stream".into()),
                         Err(s) => return End::Retry(status_line(&s)),
+                    };
+                    let update = match parts.push(part) {
+                        Ok(Some(update)) => update,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the control plane broke an update's parts; asking for a full config");
+                            return End::Resync;
+                        }
                     };
                     let current = self.config.borrow().clone();
                     let reply = match current.apply(&update).and_then(|next| self.check(next)) {

@@ -64,6 +64,70 @@ pub enum ApplyError {
     Invalid(String),
 }
 
+/// A part that does not continue the update being assembled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "update part for version {got} (base {got_base}) does not continue the parts of version {expected} (base {expected_base})"
+)]
+pub struct PartMismatch {
+    pub expected: u64,
+    pub expected_base: u64,
+    pub got: u64,
+    pub got_base: u64,
+}
+
+/// Collects an update the control plane sent in parts (`ConfigUpdate.more` set on all
+/// but the last), so that it is applied, and acked, as the one update it is.
+#[derive(Debug, Default)]
+pub struct UpdateAssembler {
+    pending: Option<ConfigUpdate>,
+}
+
+impl UpdateAssembler {
+    /// Adds one received message. Returns the whole update at its last part, `None`
+    /// while parts are missing. A part of another update is a protocol error: the
+    /// parts so far are dropped.
+    pub fn push(&mut self, part: ConfigUpdate) -> Result<Option<ConfigUpdate>, PartMismatch> {
+        let whole = match self.pending.take() {
+            None => part,
+            Some(mut acc) => {
+                if part.version != acc.version
+                    || part.base_version != acc.base_version
+                    || part.full != acc.full
+                    || part.control_plane_id != acc.control_plane_id
+                {
+                    return Err(PartMismatch {
+                        expected: acc.version,
+                        expected_base: acc.base_version,
+                        got: part.version,
+                        got_base: part.base_version,
+                    });
+                }
+                acc.services.extend(part.services);
+                acc.removed_services.extend(part.removed_services);
+                acc.endpoints.extend(part.endpoints);
+                acc.removed_endpoints.extend(part.removed_endpoints);
+                acc.routes.extend(part.routes);
+                acc.removed_routes.extend(part.removed_routes);
+                if !part.trust_bundle_pem.is_empty() {
+                    acc.trust_bundle_pem = part.trust_bundle_pem;
+                }
+                if !part.trust_domain.is_empty() {
+                    acc.trust_domain = part.trust_domain;
+                }
+                acc.more = part.more;
+                acc
+            }
+        };
+        if whole.more {
+            self.pending = Some(whole);
+            Ok(None)
+        } else {
+            Ok(Some(whole))
+        }
+    }
+}
+
 fn route_key(host: &str, prefix: &str) -> String {
     format!("{host}{prefix}")
 }
@@ -227,6 +291,63 @@ mod tests {
             d.apply(&delta),
             Err(ApplyError::BaseMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn parts_are_applied_as_one_update() {
+        let mut whole = full();
+        whole.services.push(Service {
+            name: "api".into(),
+            protocol: Protocol::Grpc as i32,
+            ..Default::default()
+        });
+        whole.trust_domain = "weft.local".into();
+        // Split as the control plane does: header fields in every part, the trust
+        // domain in the first, items spread over the parts.
+        let header = ConfigUpdate {
+            version: whole.version,
+            full: true,
+            control_plane_id: whole.control_plane_id.clone(),
+            more: true,
+            ..Default::default()
+        };
+        let parts = [
+            ConfigUpdate {
+                trust_domain: whole.trust_domain.clone(),
+                services: whole.services[..1].to_vec(),
+                ..header.clone()
+            },
+            ConfigUpdate {
+                services: whole.services[1..].to_vec(),
+                ..header.clone()
+            },
+            ConfigUpdate {
+                endpoints: whole.endpoints.clone(),
+                more: false,
+                ..header.clone()
+            },
+        ];
+        let mut asm = UpdateAssembler::default();
+        assert_eq!(asm.push(parts[0].clone()), Ok(None));
+        assert_eq!(asm.push(parts[1].clone()), Ok(None));
+        let assembled = asm.push(parts[2].clone()).unwrap().unwrap();
+        assert_eq!(assembled, whole);
+        assert_eq!(
+            MeshConfig::default().apply(&assembled),
+            MeshConfig::default().apply(&whole)
+        );
+        // A single message is an update of its own.
+        assert_eq!(asm.push(whole.clone()), Ok(Some(whole.clone())));
+
+        // A part of another version does not continue the update.
+        assert_eq!(asm.push(parts[0].clone()), Ok(None));
+        let other = ConfigUpdate {
+            version: 6,
+            ..parts[2].clone()
+        };
+        assert!(asm.push(other).is_err());
+        // ...and what was collected is dropped.
+        assert_eq!(asm.push(whole.clone()), Ok(Some(whole)));
     }
 
     #[test]

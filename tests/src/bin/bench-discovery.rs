@@ -74,7 +74,7 @@ struct Args {
 /// What a subscriber task tells the coordinator.
 enum Event {
     /// Subscriber `idx` received and acked `version` at `at`; `full_bytes` is the
-    /// encoded size of a full config.
+    /// encoded size of a full config (all its parts).
     Acked {
         idx: usize,
         version: u64,
@@ -220,7 +220,8 @@ impl Drop for CpProcess {
 }
 
 /// One subscriber: opens its stream with `hello`, acks every update immediately and
-/// reports each ack.
+/// reports each ack. Like `weft-sidecar`, it asks for updates in parts
+/// (`Hello.accepts_update_parts`) and acks an update at its last part.
 async fn subscriber(
     idx: usize,
     channel: Channel,
@@ -232,27 +233,36 @@ async fn subscriber(
         let _ = events.send(Event::Failed { idx, error });
     };
     let (tx, rx) = mpsc::channel(16);
+    let hello = Hello {
+        accepts_update_parts: true,
+        ..hello
+    };
     let _ = tx
         .send(DiscoveryRequest {
             message: Some(Out::Hello(hello)),
         })
         .await;
-    let mut stream = match DiscoveryClient::new(channel)
-        .stream(ReceiverStream::new(rx))
-        .await
-    {
+    let request = tonic::Request::new(ReceiverStream::new(rx));
+    let mut stream = match DiscoveryClient::new(channel).stream(request).await {
         Ok(r) => r.into_inner(),
         Err(s) => return fail(format!("cannot open stream: {s}")),
     };
     let mut permit = Some(connect_permit);
+    // Encoded size of the parts of the update being received.
+    let mut update_bytes = 0;
     loop {
         match stream.message().await {
             Ok(Some(resp)) => {
                 let Some(In::Update(update)) = resp.message else {
                     continue;
                 };
+                update_bytes += update.encoded_len();
+                if update.more {
+                    continue;
+                }
                 let version = update.version;
-                let full_bytes = update.full.then(|| update.encoded_len());
+                let full_bytes = update.full.then_some(update_bytes);
+                update_bytes = 0;
                 let ack = DiscoveryRequest {
                     message: Some(Out::Ack(Ack { version })),
                 };
