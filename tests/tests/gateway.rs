@@ -630,3 +630,27 @@ async fn idle_client_connections_are_closed() {
         "expected a GOAWAY before the close, got frame types {frames:?}"
     );
 }
+
+#[tokio::test]
+async fn a_host_the_certificate_does_not_cover_is_misdirected() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
+    cp.weftctl_ok(&["route", "create", "other.org", "--service", "web"]);
+    let app = App::start("h1", "web").await;
+    let _s = Sidecar::start(&cp, "web", app.addr, "eu").await;
+    let gw = Gateway::start(&cp, "edge", &[]).await;
+    gw.wait_route("other.org").await;
+    // A connection made for web.example.com (SNI) asked to carry other.org, which the
+    // served certificate does not cover: 421, so the client opens a proper connection.
+    let mut args = vec!["-H".to_string(), "Host: other.org".into()];
+    args.extend(gw.tls("web.example.com", "/"));
+    let h = head(&["--http2"], &[], &args);
+    assert!(
+        h.starts_with("http/2 421") && h.contains("weft-error-code: weft-8"),
+        "{h}"
+    );
+    // The same host on its own plain connection is routed normally.
+    let (_, json) = get(&["--http1.1"], &gw.plain("other.org", "/"));
+    assert_eq!(json["app"], "web");
+}
