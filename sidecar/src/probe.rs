@@ -3,11 +3,12 @@
 //! by a SETTINGS frame means h2c; an `OPTIONS *` answered with `HTTP/1.` means HTTP/1.1.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use weft_proto::v1::AppProtocol;
 
 use crate::inbound::detect::PREFACE;
@@ -15,6 +16,8 @@ use crate::inbound::detect::PREFACE;
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the probe repeats (apps get redeployed behind a running sidecar).
 pub const INTERVAL: Duration = Duration::from_secs(30);
+/// How often a down app is probed, so its endpoint returns to service soon after it does.
+pub const DOWN_INTERVAL: Duration = Duration::from_secs(2);
 
 async fn exchange(app: SocketAddr, send: &[u8], want: usize) -> Result<Vec<u8>, bool> {
     let mut tcp = match tokio::time::timeout(TIMEOUT, TcpStream::connect(app)).await {
@@ -54,11 +57,13 @@ pub async fn probe(app: SocketAddr) -> AppProtocol {
     }
 }
 
-/// Probes at start, every [`INTERVAL`], and whenever `kick` fires; publishes changes.
+/// Probes at start, every [`INTERVAL`] ([`DOWN_INTERVAL`] while the app is down), and
+/// whenever `kick` fires; publishes changes.
 pub async fn run(
     app: SocketAddr,
     tx: watch::Sender<AppProtocol>,
     mut kick: watch::Receiver<String>,
+    refused: Arc<Notify>,
 ) {
     loop {
         let seen = probe(app).await;
@@ -71,9 +76,16 @@ pub async fn run(
                 false
             }
         });
+        let interval = if seen == AppProtocol::Down {
+            DOWN_INTERVAL
+        } else {
+            INTERVAL
+        };
         tokio::select! {
-            _ = tokio::time::sleep(INTERVAL) => {}
-            r = kick.changed() => if r.is_err() { tokio::time::sleep(INTERVAL).await },
+            _ = tokio::time::sleep(interval) => {}
+            r = kick.changed() => if r.is_err() { tokio::time::sleep(interval).await },
+            // The inbound could not connect to the app: find out now, not in 30 s.
+            _ = refused.notified() => {}
         }
     }
 }

@@ -154,12 +154,14 @@ pub async fn run(
         apps: AppClients::new(cfg.app),
         metrics: metrics.clone(),
     });
+    let app_refused = Arc::new(tokio::sync::Notify::new());
     let inbound = Arc::new(Inbound {
         service: cfg.service.clone(),
         app: cfg.app,
         config: handles.config.clone(),
         tls: tls.clone(),
         delivery,
+        app_refused: app_refused.clone(),
     });
     tokio::spawn(server::serve(
         inbound_listener,
@@ -195,7 +197,12 @@ pub async fn run(
             }
         });
     }
-    tokio::spawn(crate::probe::run(cfg.app, handles.app_status, kick_rx));
+    tokio::spawn(crate::probe::run(
+        cfg.app,
+        handles.app_status,
+        kick_rx,
+        app_refused,
+    ));
     tokio::spawn(admin::serve(
         admin_listener,
         Arc::new(AdminState {

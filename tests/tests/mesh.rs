@@ -537,3 +537,47 @@ async fn sigterm_lets_in_flight_requests_finish() {
         "exited before the request finished"
     );
 }
+
+#[tokio::test]
+async fn same_region_first_failover_and_back() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&[
+        "service",
+        "create",
+        "web",
+        "--protocol",
+        "http",
+        "--port",
+        "18960",
+    ]);
+    let mut eu = App::start("h1", "eu").await;
+    let us = App::start("h1", "us").await;
+    let _seu = Sidecar::start(&cp, "web", eu.addr, "eu").await;
+    let _sus = Sidecar::start(&cp, "web", us.addr, "us").await;
+    let (_c, client) = client_sidecar(&cp).await; // region eu
+    client.wait_endpoints("web", 2).await;
+    let url = format!("http://{}/", client.outbound(18960));
+    let who = |url: &str| call(url, false).map(|j| j["app"].as_str().unwrap_or("").to_owned());
+    for _ in 0..20 {
+        assert_eq!(who(&url).unwrap(), "eu", "the caller's own region first");
+    }
+
+    // The eu app stops: new connections fail over to us, none fails.
+    eu.proc.kill9();
+    for _ in 0..20 {
+        assert_eq!(who(&url).unwrap(), "us", "failover to the other region");
+    }
+    // The sidecar's probe reports it down; the control plane pushes it as unhealthy.
+    client.wait_endpoints("web", 1).await;
+
+    // It comes back: so does the traffic.
+    eu.proc.restart();
+    client.wait_endpoints("web", 2).await;
+    eventually(Duration::from_secs(20), || async {
+        (who(&url).ok()? == "eu").then_some(())
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(who(&url).unwrap(), "eu");
+    }
+}

@@ -26,6 +26,8 @@ pub struct Inbound {
     pub config: watch::Receiver<Arc<MeshConfig>>,
     pub tls: Arc<MeshTls>,
     pub delivery: Arc<Delivery>,
+    /// Told when the app refuses a connection, so the prober checks at once.
+    pub app_refused: Arc<tokio::sync::Notify>,
 }
 
 /// Serves until `shutdown` flips to true; then stops accepting and sends GOAWAY on
@@ -168,6 +170,7 @@ async fn stream(
         Ok(Ok(app)) => app,
         Ok(Err(e)) => {
             tracing::warn!(app = %inbound.app, error = %e, "app refused the connection");
+            inbound.app_refused.notify_one();
             answer(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
             return;
         }
