@@ -60,11 +60,27 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the snapshot from one consistent store read.
     pub fn from_state(state: ConfigState, control_plane_id: &str, trust_domain: &str) -> Self {
+        // The healthy ingress of each region (lowest id wins), with the revision at
+        // which it last changed: an endpoint's record changes when its ingress does.
+        let mut ingresses: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
+        for d in state
+            .dataplanes
+            .iter()
+            .filter(|d| d.kind == DataplaneKind::Ingress && d.healthy)
+        {
+            ingresses
+                .entry(d.region.as_str())
+                .or_insert((d.address.as_str(), d.revision));
+        }
         let endpoints: BTreeMap<String, (Endpoint, u64)> = state
             .dataplanes
             .iter()
             .filter(|d| d.kind == DataplaneKind::Sidecar)
             .map(|d| {
+                let (ingress_address, ingress_rev) = ingresses
+                    .get(d.region.as_str())
+                    .map(|(a, r)| ((*a).to_owned(), *r))
+                    .unwrap_or_default();
                 (
                     d.id.clone(),
                     (
@@ -75,8 +91,10 @@ impl Snapshot {
                             region: d.region.clone(),
                             healthy: d.healthy,
                             identity: format!("spiffe://{trust_domain}/service/{}", d.name),
+                            ingress_address,
+                            sni: endpoint_sni(&d.id, &d.name),
                         },
-                        d.revision,
+                        d.revision.max(ingress_rev),
                     ),
                 )
             })
@@ -373,6 +391,17 @@ impl Iterator for UpdateParts {
         }
         Some(self.snapshot.fill_part(&mut self.plan, self.part_bytes))
     }
+}
+
+/// The TLS server name that names one endpoint for region ingresses:
+/// `<16 hex of sha256(id)>.<service>.weft`, a valid DNS name unique per endpoint.
+pub fn endpoint_sni(id: &str, service: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{hex}.{service}.weft")
 }
 
 /// Owns the current snapshot and the reloader.

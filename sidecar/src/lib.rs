@@ -15,6 +15,7 @@ pub mod control;
 pub mod errors;
 pub mod gateway;
 pub mod inbound;
+pub mod ingress;
 pub mod metrics;
 pub mod outbound;
 pub mod probe;

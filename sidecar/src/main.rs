@@ -25,6 +25,33 @@ enum Command {
     Run(RunArgs),
     /// Run the public edge: HTTPS (ALPN h2/http1.1), h2c and HTTP/1.1 into the mesh.
     Gateway(GatewayArgs),
+    /// Run a region ingress: routes tunnels from other regions by TLS SNI, never decrypts.
+    Ingress(IngressArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct IngressArgs {
+    /// Control plane URL.
+    #[arg(long, env = "WEFT_CP")]
+    cp: String,
+    /// Bootstrap token for this ingress (`weftctl token create --ingress NAME`).
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Where tunnels from other regions arrive.
+    #[arg(long, default_value = "0.0.0.0:15009")]
+    listen: SocketAddr,
+    /// The region this ingress is the entry of.
+    #[arg(long, default_value = "")]
+    region: String,
+    /// Address other regions reach this ingress at (defaults to --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Admin endpoint (/metrics, /ready, /config, /certs).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Keeps the certificate and last good config across restarts.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,6 +177,18 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Ingress(a) => rt.block_on(weft_sidecar::ingress::run(
+            weft_sidecar::ingress::IngressConfig {
+                cp: a.cp,
+                token: a.token,
+                listen: a.listen,
+                region: a.region,
+                advertise: a.advertise,
+                admin: a.admin,
+                state_dir: a.state_dir,
+            },
+            shutdown_signal(),
+        )),
         Command::Gateway(a) => rt.block_on(weft_sidecar::gateway::run(
             weft_sidecar::gateway::GatewayConfig {
                 cp: a.cp,

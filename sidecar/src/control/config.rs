@@ -29,6 +29,12 @@ pub struct EndpointEntry {
     pub region: String,
     pub healthy: bool,
     pub identity: String,
+    /// Ingress of the endpoint's region, for callers in other regions (empty: none).
+    #[serde(default)]
+    pub ingress_address: String,
+    /// TLS server name naming this endpoint (for the ingress).
+    #[serde(default)]
+    pub sni: String,
 }
 
 /// A gateway route.
@@ -204,6 +210,8 @@ impl MeshConfig {
                     region: e.region.clone(),
                     healthy: e.healthy,
                     identity: e.identity.clone(),
+                    ingress_address: e.ingress_address.clone(),
+                    sni: e.sni.clone(),
                 },
             );
         }

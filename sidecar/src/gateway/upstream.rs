@@ -87,11 +87,7 @@ impl Upstreams {
             let Some(ep) = self.balancer.pick(config, service, &tried) else {
                 break;
             };
-            let target = Target {
-                address: ep.address.clone(),
-                identity: ep.identity.clone(),
-                service: service.to_owned(),
-            };
+            let target = Target::for_endpoint(&ep, service, self.balancer.region());
             let inflight = self.balancer.start(&ep.id);
             let mut sender = match self.connection(&target, &ep.id).await {
                 Ok(s) => s,

@@ -54,6 +54,11 @@ impl Balancer {
         self.ejected.get(addr).is_some_and(|e| e.until > now)
     }
 
+    /// The caller's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
     /// Picks an endpoint of `service`, skipping `exclude` (ids already tried).
     pub fn pick(
         &self,
@@ -138,6 +143,8 @@ mod tests {
             region: region.into(),
             healthy,
             identity: "spiffe://weft.local/service/web".into(),
+            ingress_address: String::new(),
+            sni: String::new(),
         }
     }
 

@@ -158,7 +158,7 @@ impl Outbound {
         let addrs: HashSet<String> = config
             .endpoints
             .values()
-            .map(|e| e.address.clone())
+            .flat_map(|e| [e.address.clone(), e.ingress_address.clone()])
             .collect();
         self.pool.retain_addresses(&addrs);
     }
@@ -192,11 +192,7 @@ impl Outbound {
             let Some(ep) = self.balancer.pick(&config, service, &tried) else {
                 break;
             };
-            let target = Target {
-                address: ep.address.clone(),
-                identity: ep.identity.clone(),
-                service: service.to_owned(),
-            };
+            let target = Target::for_endpoint(&ep, service, self.balancer.region());
             let inflight = self.balancer.start(&ep.id);
             match self.pool.open(&target).await {
                 Ok(mut tunnel) => {

@@ -17,6 +17,7 @@ use weft_certs::SpiffeId;
 
 use super::io::H2Io;
 use super::{CONNECT_TIMEOUT, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::control::config::EndpointEntry;
 use crate::tls::MeshTls;
 
 /// How often an idle tunnel connection is pinged, and how long the answer may take.
@@ -49,12 +50,37 @@ pub enum TunnelError {
 /// Where a stream goes.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// host:port of the peer's inbound listener.
+    /// host:port the TCP connection goes to: the peer's inbound listener, or the
+    /// ingress of its region when it is in another region and has one.
     pub address: String,
-    /// SPIFFE id the peer must present.
+    /// TLS server name: names the peer for an ingress (which splices by it).
+    pub sni: String,
+    /// SPIFFE id the peer must present (checked end to end: the ingress never decrypts).
     pub identity: String,
     /// Destination service.
     pub service: String,
+}
+
+impl Target {
+    /// How a caller in `region` reaches `ep` of `service`: directly in its own region,
+    /// through the endpoint region's ingress from other regions when there is one.
+    pub fn for_endpoint(ep: &EndpointEntry, service: &str, region: &str) -> Self {
+        let via_ingress = ep.region != region && !ep.ingress_address.is_empty();
+        Target {
+            address: if via_ingress {
+                ep.ingress_address.clone()
+            } else {
+                ep.address.clone()
+            },
+            sni: if ep.sni.is_empty() {
+                format!("{service}.weft")
+            } else {
+                ep.sni.clone()
+            },
+            identity: ep.identity.clone(),
+            service: service.to_owned(),
+        }
+    }
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Bytes>>>>;
@@ -88,12 +114,19 @@ impl TunnelPool {
     /// Drops pooled connections to peers no longer in `keep` (address set); their
     /// connections close once their open streams finish.
     pub fn retain_addresses(&self, keep: &std::collections::HashSet<String>) {
-        self.conns.retain(|(addr, _), _| keep.contains(addr));
+        self.conns.retain(|(key, _), _| {
+            key.split_once('#')
+                .is_some_and(|(addr, _)| keep.contains(addr))
+        });
     }
 
     /// Opens a CONNECT stream to `target`.
     pub async fn open(self: &Arc<Self>, target: &Target) -> Result<H2Io, TunnelError> {
-        let key = (target.address.clone(), target.identity.clone());
+        // Through an ingress one address leads to many peers: the SNI tells them apart.
+        let key = (
+            format!("{}#{}", target.address, target.sni),
+            target.identity.clone(),
+        );
         let slot = self.conns.entry(key.clone()).or_default().clone();
         let mut sender = {
             let mut guard = slot.lock().await;
@@ -151,8 +184,8 @@ impl TunnelPool {
             })?;
         let _ = tcp.set_nodelay(true);
         // The verifier checks the SPIFFE id, not this name; SNI carries the service.
-        let sni = ServerName::try_from(format!("{}.weft", target.service))
-            .map_err(|_| TunnelError::Identity(target.service.clone()))?;
+        let sni = ServerName::try_from(target.sni.clone())
+            .map_err(|_| TunnelError::Identity(target.sni.clone()))?;
         let tls = tokio::time::timeout(
             CONNECT_TIMEOUT,
             tokio_rustls::TlsConnector::from(config).connect(sni, tcp),

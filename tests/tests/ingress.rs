@@ -1,0 +1,85 @@
+//! The region ingress: callers in another region reach an endpoint through the ingress of
+//! the endpoint's region, which routes by TLS SNI and never decrypts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use weft_proto::v1::DataplaneKind;
+use weft_tests::{
+    App, ControlPlane, Proc, Sidecar, bin, client_sidecar, curl_json, eventually, free_port,
+    http_get,
+};
+
+async fn ingress_metric(admin: SocketAddr, result: &str) -> u64 {
+    let body = http_get(admin, "/metrics").await.unwrap_or_default();
+    body.lines()
+        .find(|l| {
+            l.starts_with("weft_connections_total")
+                && l.contains("direction=\"ingress\"")
+                && l.contains(&format!("result=\"{result}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn other_regions_go_through_the_ingress_by_sni() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http", "--port", "18980"]);
+    let us = App::start("h1", "us").await;
+    let _sus = Sidecar::start(&cp, "web", us.addr, "us").await;
+
+    let token = cp.token_for(DataplaneKind::Ingress, "us-ingress").await;
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let _ingress = Proc::spawn(
+        bin("weft-sidecar"),
+        [
+            "ingress", "--cp", &cp.url(), "--token", &token, "--region", "us",
+            "--listen", &listen.to_string(), "--admin", &admin.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        dir.path().join("ingress.log"),
+    );
+    let (_c, client) = client_sidecar(&cp).await; // region eu
+    // The caller learns which ingress reaches the us endpoint.
+    eventually(Duration::from_secs(15), || async {
+        let c = client.config().await;
+        c["endpoints"]
+            .as_object()?
+            .values()
+            .any(|e| e["ingress_address"] == listen.to_string() && e["region"] == "us")
+            .then_some(())
+    })
+    .await;
+
+    for _ in 0..5 {
+        let json = curl_json(&["--http2-prior-knowledge", &format!("http://{}/x", client.outbound(18980))]);
+        assert_eq!(json["app"], "us");
+        assert_eq!(json["version"], "HTTP/1.1", "translated at the last hop, past the ingress");
+    }
+    assert!(ingress_metric(admin, "spliced").await >= 1, "the traffic went through the ingress");
+
+    // A name that is no dataplane of its region is refused.
+    let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let config = weft_certs::control_plane_client_config(
+        &weft_certs::TrustBundle::from_pem(&cp.ca_pem()).unwrap(),
+        None,
+        &[b"h2"],
+    )
+    .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("0000000000000000.web.weft").unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .unwrap();
+    assert!(r.is_err(), "an unknown SNI must not be routed");
+    assert!(ingress_metric(admin, "unknown_sni").await >= 1);
+}
