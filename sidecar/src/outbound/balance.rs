@@ -105,13 +105,18 @@ impl Balancer {
         InFlight(c)
     }
 
-    /// The endpoint at `addr` refused: keep it out for a while.
+    /// The endpoint at `addr` refused: keep it out for a while. Failures while it is
+    /// already out (e.g. every stream of one broken connection failing at once) do not
+    /// lengthen the ejection; only failing again after it came back does.
     pub fn eject(&self, addr: &str) {
         let now = Instant::now();
         let mut e = self.ejected.entry(addr.to_owned()).or_insert(Ejection {
             until: now,
             next: BASE_EJECTION,
         });
+        if e.until > now {
+            return;
+        }
         e.until = now + e.next;
         e.next = (e.next * 2).min(MAX_EJECTION);
         tracing::info!(endpoint = addr, for_ = ?e.until.duration_since(now), "endpoint ejected");
@@ -169,6 +174,17 @@ mod tests {
         let b = Balancer::new("eu");
         assert_eq!(b.pick(&c, "web", &[]).unwrap().id, "b");
         assert!(b.pick(&c, "web", &["b".into()]).is_none());
+    }
+
+    #[test]
+    fn simultaneous_failures_do_not_stack_ejections() {
+        let b = Balancer::new("");
+        for _ in 0..4 {
+            b.eject("a:15008");
+        }
+        let e = b.ejected.get("a:15008").unwrap();
+        assert_eq!(e.next, BASE_EJECTION * 2, "one ejection, not four");
+        assert!(e.until <= Instant::now() + BASE_EJECTION);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct H2Io {
     recv: RecvStream,
     pending: Bytes,
     recv_done: bool,
+    /// A receive error seen after data was handed over, reported on the next read.
+    failed: Option<io::Error>,
 }
 
 impl H2Io {
@@ -29,6 +31,7 @@ impl H2Io {
             recv,
             pending: Bytes::new(),
             recv_done: false,
+            failed: None,
         }
     }
 
@@ -58,6 +61,11 @@ impl AsyncRead for H2Io {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // Hand over every chunk already received (up to the reader's buffer), so a
+        // response's headers and body, sent as separate DATA frames, leave in one write.
+        // An error or the end that shows up after some data was copied is kept for the
+        // next read, so a reset is never reported as a clean end.
+        let mut copied = false;
         loop {
             if !self.pending.is_empty() {
                 let n = self.pending.len().min(buf.remaining());
@@ -65,18 +73,29 @@ impl AsyncRead for H2Io {
                 self.pending.advance(n);
                 // Release only what the reader actually took.
                 let _ = self.recv.flow_control().release_capacity(n);
-                return Poll::Ready(Ok(()));
+                copied = true;
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
             }
             if self.recv_done {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => self.pending = data,
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => {
-                    self.recv_done = true;
-                    return Poll::Ready(Ok(()));
-                }
+            if self.failed.is_some() {
+                return match (copied, self.failed.take()) {
+                    (false, Some(e)) => Poll::Ready(Err(e)),
+                    (_, e) => {
+                        self.failed = e;
+                        Poll::Ready(Ok(()))
+                    }
+                };
+            }
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => self.pending = data,
+                Poll::Ready(Some(Err(e))) => self.failed = Some(h2_to_io(e)),
+                Poll::Ready(None) => self.recv_done = true,
+                Poll::Pending if copied => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
