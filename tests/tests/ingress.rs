@@ -27,7 +27,15 @@ async fn ingress_metric(admin: SocketAddr, result: &str) -> u64 {
 #[tokio::test]
 async fn other_regions_go_through_the_ingress_by_sni() {
     let cp = ControlPlane::start(&[]).await;
-    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http", "--port", "18980"]);
+    cp.weftctl_ok(&[
+        "service",
+        "create",
+        "web",
+        "--protocol",
+        "http",
+        "--port",
+        "18980",
+    ]);
     let us = App::start("h1", "us").await;
     let _sus = Sidecar::start(&cp, "web", us.addr, "us").await;
 
@@ -38,8 +46,17 @@ async fn other_regions_go_through_the_ingress_by_sni() {
     let _ingress = Proc::spawn(
         bin("weft-sidecar"),
         [
-            "ingress", "--cp", &cp.url(), "--token", &token, "--region", "us",
-            "--listen", &listen.to_string(), "--admin", &admin.to_string(),
+            "ingress",
+            "--cp",
+            &cp.url(),
+            "--token",
+            &token,
+            "--region",
+            "us",
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -59,11 +76,20 @@ async fn other_regions_go_through_the_ingress_by_sni() {
     .await;
 
     for _ in 0..5 {
-        let json = curl_json(&["--http2-prior-knowledge", &format!("http://{}/x", client.outbound(18980))]);
+        let json = curl_json(&[
+            "--http2-prior-knowledge",
+            &format!("http://{}/x", client.outbound(18980)),
+        ]);
         assert_eq!(json["app"], "us");
-        assert_eq!(json["version"], "HTTP/1.1", "translated at the last hop, past the ingress");
+        assert_eq!(
+            json["version"], "HTTP/1.1",
+            "translated at the last hop, past the ingress"
+        );
     }
-    assert!(ingress_metric(admin, "spliced").await >= 1, "the traffic went through the ingress");
+    assert!(
+        ingress_metric(admin, "spliced").await >= 1,
+        "the traffic went through the ingress"
+    );
 
     // A name that is no dataplane of its region is refused.
     let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
