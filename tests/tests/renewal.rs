@@ -5,20 +5,14 @@
 //! expired), and new connections present the newer certificates.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use weft_certs::{IdentityManager, SpiffeId, mesh_client_config, mesh_server_config};
+use weft_certs::IdentityManager;
 use weft_proto::v1::DataplaneKind;
+use weft_tests::mtls::{connect, echo_server, roundtrip};
 use weft_tests::{ControlPlane, DataplaneIdentity};
-
-const ALPN: &[u8] = b"weft-test";
 
 /// notAfter of a DER certificate.
 fn not_after(der: &[u8]) -> i64 {
@@ -28,74 +22,6 @@ fn not_after(der: &[u8]) -> i64 {
         .validity()
         .not_after
         .timestamp()
-}
-
-/// An mTLS echo listener for a dataplane identity. Like a sidecar's inbound listener, it
-/// builds its config from the identity's credentials *at each accept*, so new
-/// connections use the newest certificate while open ones keep theirs. Reports the
-/// client leaf's notAfter (or the handshake error) for every connection.
-async fn echo_server(
-    manager: Arc<IdentityManager>,
-) -> (SocketAddr, mpsc::UnboundedReceiver<Result<i64, String>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let creds = manager.current();
-            let config = mesh_server_config(&creds.identity, &creds.bundle, &[ALPN]).unwrap();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut tls = match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
-                    Ok(tls) => tls,
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("{e:?}")));
-                        return;
-                    }
-                };
-                let peer = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-                let _ = tx.send(Ok(not_after(&peer)));
-                let mut buf = vec![0u8; 4096];
-                loop {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if tls.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
-
-/// Opens an mTLS connection with the client's current credentials, expecting `server`.
-async fn connect(
-    client: &IdentityManager,
-    server: &SpiffeId,
-    addr: SocketAddr,
-) -> std::io::Result<TlsStream<TcpStream>> {
-    let creds = client.current();
-    let config = mesh_client_config(&creds.identity, &creds.bundle, server, &[ALPN]).unwrap();
-    let tcp = TcpStream::connect(addr).await?;
-    tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("b.mesh.invalid").unwrap(), tcp)
-        .await
-}
-
-/// Sends a message and expects it echoed back.
-async fn roundtrip(conn: &mut TlsStream<TcpStream>, msg: &str) {
-    conn.write_all(msg.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; msg.len()];
-    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut buf))
-        .await
-        .expect("echo within 10 s")
-        .unwrap();
-    assert_eq!(String::from_utf8(buf).unwrap(), msg);
 }
 
 fn peer_not_after(conn: &TlsStream<TcpStream>) -> i64 {
@@ -157,7 +83,7 @@ async fn a_connection_outlives_several_renewals_and_new_ones_use_the_new_certifi
     let mut held = connect(&a.manager, &b_id, addr).await.unwrap();
     roundtrip(&mut held, "before any renewal").await;
     assert_eq!(peer_not_after(&held), first_b);
-    assert_eq!(accepted.recv().await.unwrap().unwrap(), first_a);
+    assert_eq!(not_after(&accepted.recv().await.unwrap().unwrap()), first_a);
 
     // Two renewals on each side, the held connection carrying data after each.
     let (last_a, last_b) = tokio::join!(
@@ -194,7 +120,7 @@ async fn a_connection_outlives_several_renewals_and_new_ones_use_the_new_certifi
     let presented_b = peer_not_after(&fresh);
     assert!(presented_b >= last_b && presented_b > first_b);
     assert_eq!(presented_b, b.manager.current().identity.not_after());
-    let presented_a = accepted.recv().await.unwrap().unwrap();
+    let presented_a = not_after(&accepted.recv().await.unwrap().unwrap());
     assert!(presented_a >= last_a && presented_a > first_a);
 
     roundtrip(&mut held, "and the old one still works").await;

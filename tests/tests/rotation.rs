@@ -5,104 +5,23 @@
 //! retired. Mesh mTLS connections made before, during and after all keep working.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use weft_certs::{
-    Identity, IdentityManager, SpiffeId, generate_csr, mesh_client_config, mesh_server_config,
-    sha256_hex,
-};
+use weft_certs::{Identity, IdentityManager, generate_csr, sha256_hex};
 use weft_proto::v1::identity_client::IdentityClient;
 use weft_proto::v1::*;
 use weft_sidecar::control::bundle_sync::spawn_bundle_sync;
 use weft_sidecar::control::client::{DiscoveryClient, HelloInfo};
+use weft_tests::mtls::{connect, connect_as, echo_server, roundtrip};
 use weft_tests::{
     ControlPlane, DataplaneIdentity, Subscriber, eventually, free_port, sidecar_hello,
 };
 
-const ALPN: &[u8] = b"weft-test";
 const WAIT: Duration = Duration::from_secs(10);
-
-/// An mTLS echo listener that builds its config from the identity's credentials at each
-/// accept, as a sidecar's inbound listener does. Reports each handshake's outcome.
-async fn echo_server(
-    manager: Arc<IdentityManager>,
-) -> (SocketAddr, mpsc::UnboundedReceiver<Result<(), String>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let creds = manager.current();
-            let config = mesh_server_config(&creds.identity, &creds.bundle, &[ALPN]).unwrap();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut tls = match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
-                    Ok(tls) => tls,
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("{e:?}")));
-                        return;
-                    }
-                };
-                let _ = tx.send(Ok(()));
-                let mut buf = vec![0u8; 4096];
-                loop {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if tls.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
-
-/// Opens an mTLS connection as `client`, trusting `bundle` holders of `server`'s id.
-async fn connect_as(
-    client: &Identity,
-    bundle: &weft_certs::TrustBundle,
-    server: &SpiffeId,
-    addr: SocketAddr,
-) -> std::io::Result<TlsStream<TcpStream>> {
-    let config = mesh_client_config(client, bundle, server, &[ALPN]).unwrap();
-    let tcp = TcpStream::connect(addr).await?;
-    tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("b.mesh.invalid").unwrap(), tcp)
-        .await
-}
-
-async fn connect(
-    client: &IdentityManager,
-    server: &SpiffeId,
-    addr: SocketAddr,
-) -> TlsStream<TcpStream> {
-    let creds = client.current();
-    connect_as(&creds.identity, &creds.bundle, server, addr)
-        .await
-        .unwrap()
-}
-
-async fn roundtrip(conn: &mut TlsStream<TcpStream>, msg: &str) {
-    conn.write_all(msg.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; msg.len()];
-    tokio::time::timeout(WAIT, conn.read_exact(&mut buf))
-        .await
-        .expect("echo within 10 s")
-        .unwrap();
-    assert_eq!(String::from_utf8(buf).unwrap(), msg);
-}
 
 /// SHA-256 of the CA certificate that follows the leaf in a chain.
 fn issuer_sha(identity: &Identity) -> String {
@@ -208,7 +127,7 @@ async fn connections_before_during_and_after_a_ca_rotation_all_work() {
     let (addr, mut accepted) = echo_server(b.manager.clone()).await;
 
     // #1: before the rotation.
-    let mut conn1 = connect(&a.manager, &b_id, addr).await;
+    let mut conn1 = connect(&a.manager, &b_id, addr).await.unwrap();
     roundtrip(&mut conn1, "one").await;
     assert_eq!(peer_issuer_sha(&conn1), old);
 
@@ -264,7 +183,7 @@ async fn connections_before_during_and_after_a_ca_rotation_all_work() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already in progress"));
 
     // #2: during the rotation, still on old-CA leaves.
-    let mut conn2 = connect(&a.manager, &b_id, addr).await;
+    let mut conn2 = connect(&a.manager, &b_id, addr).await.unwrap();
     roundtrip(&mut conn2, "two").await;
     assert_eq!(peer_issuer_sha(&conn2), old);
     assert!(accepted.recv().await.unwrap().is_ok());
@@ -324,7 +243,7 @@ async fn connections_before_during_and_after_a_ca_rotation_all_work() {
     assert_eq!(leaf_x509.issuer(), ca_x509.subject());
 
     // #3: after the switch, on new-CA leaves.
-    let mut conn3 = connect(&a.manager, &b_id, addr).await;
+    let mut conn3 = connect(&a.manager, &b_id, addr).await.unwrap();
     roundtrip(&mut conn3, "three").await;
     assert_eq!(peer_issuer_sha(&conn3), new);
     assert!(accepted.recv().await.unwrap().is_ok());
@@ -350,7 +269,7 @@ async fn connections_before_during_and_after_a_ca_rotation_all_work() {
     assert_eq!(ca_info(&cp).await.roots.len(), 1);
 
     // A new connection still works; the old ones are still up.
-    let mut conn4 = connect(&a.manager, &b_id, addr).await;
+    let mut conn4 = connect(&a.manager, &b_id, addr).await.unwrap();
     roundtrip(&mut conn4, "four").await;
     assert!(accepted.recv().await.unwrap().is_ok());
     for (conn, msg) in [(&mut conn1, "1"), (&mut conn2, "2"), (&mut conn3, "3")] {

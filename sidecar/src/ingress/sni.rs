@@ -57,7 +57,7 @@ pub fn parse(data: &[u8]) -> Sni {
         handshake.extend_from_slice(&rest[5..5 + len]);
         rest = &rest[5 + len..];
     }
-    if data.len() >= 1 && data[0] != 22 {
+    if data.first().is_some_and(|b| *b != 22) {
         return Sni::Invalid("not a TLS handshake record");
     }
     let mut r = Reader { buf: &handshake };
