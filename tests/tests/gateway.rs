@@ -654,3 +654,68 @@ async fn a_host_the_certificate_does_not_cover_is_misdirected() {
     let (_, json) = get(&["--http1.1"], &gw.plain("other.org", "/"));
     assert_eq!(json["app"], "web");
 }
+
+#[tokio::test]
+async fn host_rewrite_and_the_access_log() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    cp.weftctl_ok(&[
+        "route",
+        "create",
+        "api.example.com",
+        "--service",
+        "web",
+        "--rewrite-host",
+        "web.internal:8080",
+    ]);
+    let app = App::start("h1", "web").await;
+    let _s = Sidecar::start(&cp, "web", app.addr, "eu").await;
+    let gw = Gateway::start(&cp, "edge", &["--log-format", "json"]).await;
+    gw.wait_route("api.example.com").await;
+
+    let mut args: Vec<String> = vec![
+        "--http2-prior-knowledge".into(),
+        "-o".into(),
+        "/dev/null".into(),
+    ];
+    args.extend(gw.plain("api.example.com", "/bytes?n=5000"));
+    let (code, _, err) = curl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    let (_, json) = get(&["--http1.1"], &gw.plain("api.example.com", "/who"));
+    assert_eq!(
+        json["host"], "web.internal:8080",
+        "the app sees the rewritten host: {json}"
+    );
+    assert_eq!(
+        json["headers"]["x-forwarded-host"][0],
+        format!("api.example.com:{}", gw.http.port()),
+        "the public host is kept for the app: {json}"
+    );
+
+    // One JSON access line per request, with bytes, versions and the endpoint.
+    let lines = weft_tests::eventually(Duration::from_secs(5), || async {
+        let log = gw.proc.log_text();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "weft::access")
+            .collect();
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await;
+    let bytes = lines
+        .iter()
+        .find(|l| l["fields"]["path"] == "/bytes?n=5000")
+        .expect("access line for /bytes");
+    let f = &bytes["fields"];
+    assert_eq!(f["status"], 200, "{bytes}");
+    assert_eq!(f["inbound"], "h2c", "{bytes}");
+    assert_eq!(f["upstream_protocol"], "h2", "{bytes}");
+    assert!(f["bytes"].as_u64().unwrap() >= 5000, "{bytes}");
+    assert_eq!(f["complete"], true, "{bytes}");
+    assert!(
+        f["host"].as_str().unwrap().starts_with("api.example.com"),
+        "{bytes}"
+    );
+    assert!(bytes["timestamp"].is_string(), "{bytes}");
+}

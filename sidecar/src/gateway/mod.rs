@@ -7,6 +7,7 @@
 //! at the last hop per the service's selector. The gateway is a mesh member with its own
 //! identity (`spiffe://<td>/gateway/<name>`).
 
+pub mod access;
 pub mod h2c_upgrade;
 pub mod idle;
 pub mod listen;

@@ -16,6 +16,7 @@ use hyper::ext::Protocol;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use super::access::{AccessRecord, Logged};
 use super::routes;
 use super::upstream::Upstreams;
 use crate::control::config::MeshConfig;
@@ -166,21 +167,21 @@ impl Gateway {
             .to_owned();
         self.metrics
             .record_request(info.protocol, "h2", status, started);
-        tracing::info!(
-            target: "weft::access",
-            client = %info.peer,
-            host = %host_for_log,
-            method = %method,
-            path = %path,
+        let record = AccessRecord {
+            started,
+            client: info.peer,
+            host: host_for_log,
+            method: method.to_string(),
+            path,
             status,
-            inbound = info.protocol,
-            upstream = %upstream,
+            inbound: info.protocol,
+            upstream_protocol: if upstream.is_empty() { "" } else { "h2" },
+            upstream,
             grpc,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            error_code = %code,
-            "request"
-        );
-        resp
+            error_code: code,
+        };
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(parts, Logged::new(body, record).boxed())
     }
 
     async fn route(
