@@ -5,6 +5,8 @@
 //! Binaries are taken from the Cargo target dir (`scripts/test` builds them first).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod openloop;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

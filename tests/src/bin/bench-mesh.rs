@@ -20,8 +20,9 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weft_tests::openloop::{Schedule, Shared, h2_get};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -60,43 +61,6 @@ struct Args {
     host: String,
 }
 
-/// Latencies (µs) of requests scheduled in the measured window, and failures.
-#[derive(Default)]
-struct Record {
-    lat_us: Vec<u32>,
-    errors: u64,
-    first_error: Option<String>,
-}
-
-struct Shared {
-    measure_from: Instant,
-    record: Mutex<Record>,
-}
-
-impl Shared {
-    fn done(&self, intended: Instant, result: anyhow::Result<()>) {
-        if intended < self.measure_from {
-            return;
-        }
-        let mut r = match self.record.lock() {
-            Ok(r) => r,
-            Err(p) => p.into_inner(),
-        };
-        match result {
-            Ok(()) => {
-                let us = intended.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                r.lat_us.push(us);
-            }
-            Err(e) => {
-                r.errors += 1;
-                if r.first_error.is_none() {
-                    r.first_error = Some(format!("{e:#}"));
-                }
-            }
-        }
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.rate == 0 || args.conns == 0 {
@@ -110,51 +74,24 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let warmup = Duration::from_secs_f64(args.warmup);
-    let measured = Duration::from_secs_f64(args.duration);
-    let interval = Duration::from_nanos(1_000_000_000 / args.rate as u64);
-    let total = ((warmup + measured).as_nanos() / interval.as_nanos()) as u64;
-    let measured_n = (measured.as_nanos() / interval.as_nanos()) as u64;
-
     // Connect everything before the clock starts.
-    let start_guess = Instant::now() + Duration::from_millis(200);
-    let shared = Arc::new(Shared {
-        measure_from: start_guess + warmup,
-        record: Mutex::new(Record::default()),
-    });
+    let schedule = Schedule::new(
+        args.rate,
+        args.warmup,
+        args.duration,
+        Instant::now() + Duration::from_millis(200),
+    );
+    let shared = schedule.shared.clone();
     let (tx, rx) = mpsc::unbounded_channel::<Instant>();
     let workers = if args.proto == "h1" {
         start_h1(&args, rx, shared.clone()).await?
     } else {
         start_h2c(&args, rx, shared.clone()).await?
     };
-    let now = Instant::now();
-    if now > start_guess {
+    if Instant::now() > schedule.start {
         bail!("connecting took longer than 200 ms");
     }
-    tokio::time::sleep_until(start_guess.into()).await;
-
-    let start = start_guess;
-    for i in 0..total {
-        let at = start + interval * i as u32;
-        loop {
-            let now = Instant::now();
-            if now >= at {
-                break;
-            }
-            let left = at - now;
-            if left > Duration::from_micros(2500) {
-                tokio::time::sleep(left - Duration::from_micros(1500)).await;
-            } else {
-                tokio::task::yield_now().await;
-            }
-        }
-        if tx.send(at).is_err() {
-            bail!("every connection failed");
-        }
-    }
-    drop(tx);
-    let end = start + interval * total as u32;
+    let end = schedule.pace(tx).await?;
     // Wait for what is in flight (a request still open after 5 s counts as failed).
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         for w in workers {
@@ -162,38 +99,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     })
     .await;
-    let wall = end.duration_since(shared.measure_from).as_secs_f64();
-
-    let mut r = match shared.record.lock() {
-        Ok(mut r) => std::mem::take(&mut *r),
-        Err(p) => std::mem::take(&mut *p.into_inner()),
-    };
-    let ok = r.lat_us.len() as u64;
-    let unanswered = measured_n.saturating_sub(ok + r.errors);
-    r.lat_us.sort_unstable();
-    let pct = |p: f64| -> u32 {
-        if r.lat_us.is_empty() {
-            return 0;
-        }
-        let idx = ((p / 100.0) * (r.lat_us.len() as f64 - 1.0)).round() as usize;
-        r.lat_us[idx.min(r.lat_us.len() - 1)]
-    };
-    println!(
-        "rate={} sent={} ok={} err={} achieved={:.0} p50_us={} p90_us={} p99_us={} p999_us={} max_us={}{}",
-        args.rate,
-        measured_n,
-        ok,
-        r.errors + unanswered,
-        ok as f64 / wall.max(1e-9),
-        pct(50.0),
-        pct(90.0),
-        pct(99.0),
-        pct(99.9),
-        r.lat_us.last().copied().unwrap_or(0),
-        r.first_error
-            .map(|e| format!(" first_error={:?}", e))
-            .unwrap_or_default()
-    );
+    schedule.report(end, "");
     Ok(())
 }
 
@@ -357,21 +263,4 @@ async fn start_h2c(
         }
     });
     Ok(vec![dispatcher])
-}
-
-async fn h2_get(send: h2::client::SendRequest<Bytes>, uri: http::Uri) -> anyhow::Result<()> {
-    let mut send = send.ready().await?;
-    let req = http::Request::get(uri).body(())?;
-    let (resp, _) = send.send_request(req, true)?;
-    let resp = resp.await?;
-    let status = resp.status();
-    let mut body = resp.into_body();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-    }
-    if status != http::StatusCode::OK {
-        bail!("status {status}");
-    }
-    Ok(())
 }
