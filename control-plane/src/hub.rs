@@ -329,10 +329,6 @@ impl Snapshot {
         }
     }
 
-    pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.services.values()
-    }
-
     pub fn bundle_pem(&self) -> &str {
         &self.bundle_pem
     }

@@ -247,15 +247,6 @@ impl Registry {
             last_seen: rec.last_seen,
         }
     }
-
-    /// Connected streams of dataplanes of `kind` (for CA rotation: who must ack first).
-    pub fn connected_count(&self) -> usize {
-        self.live.iter().filter(|e| e.connected).count()
-    }
-
-    pub fn kind_ids(&self) -> Vec<String> {
-        self.live.iter().map(|e| e.key().clone()).collect()
-    }
 }
 
 /// Dataplane ids default to `<segment>/<name>/<address>`.

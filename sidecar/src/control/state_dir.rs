@@ -56,10 +56,6 @@ impl StateDir {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     /// Saves the identity and bundle.
     pub fn save_identity(
         &self,
@@ -76,10 +72,6 @@ impl StateDir {
     pub fn load_identity(&self) -> Option<(String, String, String)> {
         let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).ok();
         Some((read(CHAIN)?, read(KEY)?, read(BUNDLE)?))
-    }
-
-    pub fn save_bundle(&self, bundle_pem: &str) -> Result<(), ControlError> {
-        write_atomic(&self.dir.join(BUNDLE), bundle_pem.as_bytes(), 0o644)
     }
 
     pub fn save_config(&self, config: &MeshConfig) -> Result<(), ControlError> {
