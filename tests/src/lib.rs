@@ -850,9 +850,27 @@ impl Gateway {
 /// A sidecar for a `client` service (tcp, no port) in front of an idle app: it only
 /// carries outbound connections, like the sidecar of a caller.
 pub async fn client_sidecar(cp: &ControlPlane) -> (App, Sidecar) {
-    cp.weftctl_ok(&["service", "create", "client", "--protocol", "tcp"]);
-    let app = App::start("h1", "client").await;
-    let sc = Sidecar::start(cp, "client", app.addr, "eu").await;
+    deploy(cp, "client", "tcp", 0, "h1", "eu").await
+}
+
+/// Creates `service` with `protocol` (and outbound `port`, unless 0), starts a demo app
+/// named after the service in `mode`, and its sidecar in `region`.
+pub async fn deploy(
+    cp: &ControlPlane,
+    service: &str,
+    protocol: &str,
+    port: u16,
+    mode: &str,
+    region: &str,
+) -> (App, Sidecar) {
+    let port = port.to_string();
+    let mut args = vec!["service", "create", service, "--protocol", protocol];
+    if port != "0" {
+        args.extend(["--port", &port]);
+    }
+    cp.weftctl_ok(&args);
+    let app = App::start(mode, service).await;
+    let sc = Sidecar::start(cp, service, app.addr, region).await;
     (app, sc)
 }
 

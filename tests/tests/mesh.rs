@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use weft_proto::v1::DataplaneKind;
-use weft_tests::{App, ControlPlane, Sidecar, client_sidecar, curl, curl_json, eventually};
+use weft_tests::{App, ControlPlane, Sidecar, client_sidecar, curl, curl_json, deploy, eventually};
 
 /// What a client should get through the mesh.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -181,17 +181,7 @@ async fn translation_drops_hop_by_hop_and_builds_authority() {
 #[tokio::test]
 async fn grpc_to_an_http_service_names_the_fix() {
     let cp = ControlPlane::start(&[]).await;
-    cp.weftctl_ok(&[
-        "service",
-        "create",
-        "legacy",
-        "--protocol",
-        "http",
-        "--port",
-        "18300",
-    ]);
-    let app = App::start("h1", "legacy").await;
-    let _s = Sidecar::start(&cp, "legacy", app.addr, "eu").await;
+    let (_app, _s) = deploy(&cp, "legacy", "http", 18300, "h1", "eu").await;
     let (_c, client) = client_sidecar(&cp).await;
     client.wait_protocol("legacy", "http").await;
     let (code, out, err) = curl(&[
@@ -257,17 +247,7 @@ async fn set_protocol_applies_to_new_connections() {
 #[tokio::test]
 async fn app_protocol_mismatch_is_reported() {
     let cp = ControlPlane::start(&[]).await;
-    cp.weftctl_ok(&[
-        "service",
-        "create",
-        "wrong",
-        "--protocol",
-        "http2",
-        "--port",
-        "18450",
-    ]);
-    let app = App::start("h1", "wrong").await;
-    let _s = Sidecar::start(&cp, "wrong", app.addr, "eu").await;
+    let (_app, _s) = deploy(&cp, "wrong", "http2", 18450, "h1", "eu").await;
     let warning = eventually(Duration::from_secs(15), || async {
         let out = cp.weftctl(&["service", "get", "wrong"]);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -284,17 +264,7 @@ async fn app_protocol_mismatch_is_reported() {
 #[tokio::test]
 async fn big_bodies_stream_without_growing_memory() {
     let cp = ControlPlane::start(&[]).await;
-    cp.weftctl_ok(&[
-        "service",
-        "create",
-        "bulk",
-        "--protocol",
-        "http",
-        "--port",
-        "18500",
-    ]);
-    let app = App::start("h1", "bulk").await;
-    let server = Sidecar::start(&cp, "bulk", app.addr, "eu").await;
+    let (_app, server) = deploy(&cp, "bulk", "http", 18500, "h1", "eu").await;
     let (_c, client) = client_sidecar(&cp).await;
     client.wait_protocol("bulk", "http").await;
     const SIZE: u64 = 100 * 1024 * 1024;
@@ -342,17 +312,7 @@ async fn big_bodies_stream_without_growing_memory() {
 #[tokio::test]
 async fn traffic_survives_the_control_plane_going_away() {
     let mut cp = ControlPlane::start(&[]).await;
-    cp.weftctl_ok(&[
-        "service",
-        "create",
-        "web",
-        "--protocol",
-        "http",
-        "--port",
-        "18600",
-    ]);
-    let app = App::start("h1", "web").await;
-    let mut server = Sidecar::start(&cp, "web", app.addr, "eu").await;
+    let (_app, mut server) = deploy(&cp, "web", "http", 18600, "h1", "eu").await;
     let (_c, client) = client_sidecar(&cp).await;
     client.wait_protocol("web", "http").await;
     let url = format!("http://{}/", client.outbound(18600));
@@ -504,17 +464,7 @@ async fn a_killed_endpoint_is_routed_around() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
     let cp = ControlPlane::start(&[]).await;
-    cp.weftctl_ok(&[
-        "service",
-        "create",
-        "web",
-        "--protocol",
-        "http",
-        "--port",
-        "18950",
-    ]);
-    let app = App::start("h1", "web").await;
-    let mut server = Sidecar::start(&cp, "web", app.addr, "eu").await;
+    let (_app, mut server) = deploy(&cp, "web", "http", 18950, "h1", "eu").await;
     let (_c, client) = client_sidecar(&cp).await;
     client.wait_endpoints("web", 1).await;
     let url = format!("http://{}/sleep?ms=1500", client.outbound(18950));

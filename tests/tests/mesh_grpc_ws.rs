@@ -2,22 +2,12 @@
 //! h2 + wsproto) and the demo app.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use weft_tests::{App, ControlPlane, Sidecar, client_sidecar, py, py_ok};
+use weft_tests::{App, ControlPlane, Sidecar, client_sidecar, deploy, py, py_ok};
 
 #[tokio::test]
 async fn grpc_end_to_end_through_the_mesh() {
     let cp = ControlPlane::start(&[]).await;
-    cp.weftctl_ok(&[
-        "service",
-        "create",
-        "greeter",
-        "--protocol",
-        "grpc",
-        "--port",
-        "18900",
-    ]);
-    let app = App::start("grpc", "greeter").await;
-    let _server = Sidecar::start(&cp, "greeter", app.addr, "eu").await;
+    let (app, _server) = deploy(&cp, "greeter", "grpc", 18900, "grpc", "eu").await;
     let (_c, client) = client_sidecar(&cp).await;
     client.wait_protocol("greeter", "grpc").await;
     let target = client.outbound(18900).to_string();
@@ -64,17 +54,7 @@ async fn grpc_end_to_end_through_the_mesh() {
 #[tokio::test]
 async fn grpc_to_an_http1_service_is_unimplemented_for_grpcio() {
     let cp = ControlPlane::start(&[]).await;
-    cp.weftctl_ok(&[
-        "service",
-        "create",
-        "legacy",
-        "--protocol",
-        "http",
-        "--port",
-        "18910",
-    ]);
-    let app = App::start("h1", "legacy").await;
-    let _server = Sidecar::start(&cp, "legacy", app.addr, "eu").await;
+    let (_app, _server) = deploy(&cp, "legacy", "http", 18910, "h1", "eu").await;
     let (_c, client) = client_sidecar(&cp).await;
     client.wait_protocol("legacy", "http").await;
     let (out, ok) = py(
