@@ -537,6 +537,7 @@ mod tests {
                 service: "a".into(),
                 rewrite_host: String::new(),
                 revision: 10,
+                prefer_region: "us".into(),
             }],
             dataplanes: vec![DataplaneRecord {
                 id: "service/a/1.2.3.4:15008".into(),
@@ -597,6 +598,10 @@ mod tests {
         assert!(snap.update_for(DataplaneKind::Sidecar, Some(9)).is_none());
         let gw = snap.update_for(DataplaneKind::Gateway, Some(9)).unwrap();
         assert_eq!(gw.routes.len(), 1);
+        assert_eq!(
+            gw.routes[0].prefer_region, "us",
+            "the preference reaches gateways"
+        );
 
         // Below the tombstone horizon, or from the future, only a full update is safe.
         assert!(
@@ -632,6 +637,7 @@ mod tests {
                 service: "svc-001".into(),
                 rewrite_host: String::new(),
                 revision: 100 + i,
+                prefer_region: String::new(),
             })
             .collect();
         st.dataplanes = (0..300)

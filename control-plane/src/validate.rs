@@ -102,6 +102,23 @@ pub fn rewrite_host(value: &str) -> Result<String, String> {
     Ok(v)
 }
 
+/// Region labels: dataplane regions (`--region`) and the region a route prefers
+/// (`--prefer-region`). Empty (the default region, or no preference) is allowed; `flag`
+/// is where the operator sets the value, named in the message.
+pub fn region(value: &str, flag: &str) -> Result<(), String> {
+    if value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid region \"{value}\": use up to 63 of [a-z0-9-] (e.g. eu, us-east); set it with {flag}"
+        ))
+    }
+}
+
 /// `host:port` addresses dataplanes advertise.
 pub fn address(addr: &str) -> Result<(), String> {
     let ok = match addr.rsplit_once(':') {
@@ -161,6 +178,21 @@ mod tests {
         assert_eq!(protocol(0, true).unwrap(), Protocol::Unspecified);
         let err = protocol(42, true).unwrap_err();
         assert!(err.contains("tcp, http, http2, grpc"), "{err}");
+    }
+
+    #[test]
+    fn regions() {
+        for ok in ["", "eu", "us-east-1", "1a"] {
+            assert!(region(ok, "--region").is_ok(), "{ok} refused");
+        }
+        for bad in ["EU", "us east", "eu_west", "é", &"a".repeat(64)] {
+            assert!(region(bad, "--region").is_err(), "{bad} accepted");
+        }
+        let err = region("US", "--prefer-region").unwrap_err();
+        assert!(
+            err.contains("--prefer-region") && err.contains("\"US\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -131,6 +131,113 @@ async fn weftctl_routes_tokens_and_ca() {
 }
 
 #[tokio::test]
+async fn weftctl_route_region_preference() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+
+    // A bad region is a usage error (2), on one line naming the flag; nothing is sent.
+    for bad in ["US", "us east", "eu_west"] {
+        let out = cp.weftctl(&[
+            "route",
+            "create",
+            "a.example.com",
+            "--service",
+            "web",
+            "--prefer-region",
+            bad,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("error: ") && err.contains("--prefer-region") && err.contains(bad),
+            "{err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+    assert!(
+        !cp.weftctl_ok(&["route", "list"]).contains("a.example.com"),
+        "a refused route must not be created"
+    );
+    // The API refuses it too, for clients other than weftctl.
+    let err = cp
+        .admin()
+        .await
+        .create_route(CreateRouteRequest {
+            host: "a.example.com".into(),
+            service: "web".into(),
+            prefer_region: "US".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("--prefer-region"),
+        "{}",
+        err.message()
+    );
+
+    cp.weftctl_ok(&[
+        "route",
+        "create",
+        "a.example.com",
+        "--service",
+        "web",
+        "--prefer-region",
+        "us-east",
+    ]);
+    cp.weftctl_ok(&["route", "create", "b.example.com", "--service", "web"]);
+    let table = cp.weftctl_ok(&["route", "list"]);
+    assert!(
+        table.lines().next().unwrap().contains("PREFER REGION"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("a.example.com") && l.contains("us-east")),
+        "{table}"
+    );
+    let routes = |cp: &ControlPlane| -> serde_json::Value {
+        serde_json::from_str(&cp.weftctl_ok(&["-o", "json", "route", "list"])).unwrap()
+    };
+    let json = routes(&cp);
+    let by_host = |json: &serde_json::Value, host: &str| {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["host"] == host)
+            .cloned()
+            .unwrap()
+    };
+    let a = by_host(&json, "a.example.com");
+    assert_eq!(a["prefer_region"], "us-east", "{json}");
+    assert_eq!(
+        by_host(&json, "b.example.com")["prefer_region"],
+        serde_json::Value::Null,
+        "{json}"
+    );
+
+    // Re-created with another preference: a new revision, so gateways pick it up.
+    cp.weftctl_ok(&["route", "delete", "a.example.com"]);
+    cp.weftctl_ok(&[
+        "route",
+        "create",
+        "a.example.com",
+        "--service",
+        "web",
+        "--prefer-region",
+        "eu",
+    ]);
+    let again = by_host(&routes(&cp), "a.example.com");
+    assert_eq!(again["prefer_region"], "eu");
+    assert!(
+        again["revision"].as_u64().unwrap() > a["revision"].as_u64().unwrap(),
+        "{again} after {a}"
+    );
+}
+
+#[tokio::test]
 async fn weftctl_reads_local_weft_data_without_flags() {
     let cp = ControlPlane::start(&[]).await;
     // Only --cp differs from the defaults (the test picks a free port).

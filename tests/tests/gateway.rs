@@ -719,3 +719,103 @@ async fn host_rewrite_and_the_access_log() {
     );
     assert!(bytes["timestamp"].is_string(), "{bytes}");
 }
+
+#[tokio::test]
+async fn a_route_can_prefer_a_region_and_falls_back_without_it() {
+    // A short grace period: the stopped sidecar below is marked unhealthy within ~1 s.
+    let cp = ControlPlane::start(&["--grace-period", "1s"]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
+    cp.weftctl_ok(&[
+        "route",
+        "create",
+        "us.example.com",
+        "--service",
+        "web",
+        "--prefer-region",
+        "us",
+    ]);
+    let eu = App::start("h1", "web-eu").await;
+    let us = App::start("h1", "web-us").await;
+    let _seu = Sidecar::start(&cp, "web", eu.addr, "eu").await;
+    // It drains for 1 s when stopped below, not the default 10 s.
+    let token = cp
+        .token_for(weft_proto::v1::DataplaneKind::Sidecar, "web")
+        .await;
+    let mut sus = Sidecar::start_with(
+        cp.url(),
+        &token,
+        "web",
+        us.addr,
+        "us",
+        &["--drain-timeout", "1s"],
+    )
+    .await;
+    let gw = Gateway::start(&cp, "edge", &[]).await; // region eu
+    gw.wait_route("us.example.com").await;
+    // The route carries its preference to the gateway.
+    let config = gateway_config(&gw).await;
+    assert_eq!(
+        config["routes"]["us.example.com/"]["prefer_region"], "us",
+        "{config:#}"
+    );
+    let healthy = || async {
+        let c = gateway_config(&gw).await;
+        let n = c["endpoints"]
+            .as_object()?
+            .values()
+            .filter(|e| e["service"] == "web" && e["healthy"] == true)
+            .count();
+        Some(n)
+    };
+    weft_tests::eventually(Duration::from_secs(15), || async {
+        (healthy().await? == 2).then_some(())
+    })
+    .await;
+
+    let app = |host: &str| get(&["--http1.1"], &gw.plain(host, "/")).1["app"].clone();
+    for _ in 0..10 {
+        assert_eq!(
+            app("web.example.com"),
+            "web-eu",
+            "no preference: the gateway's own region"
+        );
+        assert_eq!(app("us.example.com"), "web-us", "the preferred region");
+    }
+
+    // The us instance goes away: the preferring route falls back to eu. Right after
+    // the stop the gateway may still believe in it (it then ejects it and retries);
+    // once the control plane marks it unhealthy every request goes to eu at once.
+    sus.proc
+        .terminate(Duration::from_secs(15))
+        .expect("us sidecar exited");
+    weft_tests::eventually(Duration::from_secs(20), || async {
+        let mut args = vec!["--http1.1".to_string()];
+        args.extend(gw.plain("us.example.com", "/"));
+        let (code, out, _) = curl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let json: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (code == 0 && json["app"] == "web-eu").then_some(())
+    })
+    .await;
+    weft_tests::eventually(Duration::from_secs(15), || async {
+        (healthy().await? == 1).then_some(())
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            app("us.example.com"),
+            "web-eu",
+            "fallback to the usual order"
+        );
+        assert_eq!(app("web.example.com"), "web-eu");
+    }
+}
+
+/// The config the gateway holds (its /config endpoint).
+async fn gateway_config(gw: &Gateway) -> serde_json::Value {
+    let body = weft_tests::http_get(gw.admin, "/config")
+        .await
+        .unwrap_or_default();
+    let json = body.split("\r\n\r\n").nth(1).unwrap_or("{}");
+    serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
+}

@@ -217,15 +217,17 @@ impl Admin for AdminService {
             service: r.service,
             rewrite_host: validate::rewrite_host(&r.rewrite_host).map_err(invalid)?,
             revision: 0,
+            prefer_region: r.prefer_region,
         };
         validate::name("service", &route.service).map_err(invalid)?;
+        validate::region(&route.prefer_region, "--prefer-region").map_err(invalid)?;
         let route = self
             .shared
             .store
             .create_route(route)
             .await
             .map_err(status)?;
-        tracing::info!(host = %route.host, prefix = %route.path_prefix, service = %route.service, "route created");
+        tracing::info!(host = %route.host, prefix = %route.path_prefix, service = %route.service, prefer_region = %route.prefer_region, "route created");
         self.committed().await;
         Ok(Response::new(route))
     }

@@ -61,20 +61,6 @@ fn kind_matches(cert: &IdentityKind, kind: DataplaneKind) -> bool {
     )
 }
 
-fn check_region(region: &str) -> Result<(), Status> {
-    if region.len() <= 63
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "invalid region \"{region}\": use up to 63 of [a-z0-9-] (e.g. eu, us-east); set it with --region"
-        )))
-    }
-}
-
 /// One open stream, counted in the metrics; dropping it (when the session ends for any
 /// reason, including hyper dropping the response stream because the dataplane went
 /// away) records the disconnection.
@@ -184,7 +170,7 @@ impl Discovery for DiscoveryService {
             )));
         }
         validate::address(&hello.address).map_err(Status::invalid_argument)?;
-        check_region(&hello.region)?;
+        validate::region(&hello.region, "--region").map_err(Status::invalid_argument)?;
         let id = if hello.dataplane_id.is_empty() {
             default_id(kind, &hello.name, &hello.address)
         } else {

@@ -117,6 +117,10 @@ pub enum RouteCmd {
         /// Host sent upstream instead of the public one
         #[arg(long, value_name = "H")]
         rewrite_host: Option<String>,
+        /// Send to the service's healthy endpoints in this region first (then the
+        /// gateway's own region, then any)
+        #[arg(long, value_name = "R")]
+        prefer_region: Option<String>,
     },
     /// List gateway routes
     List,

@@ -21,6 +21,7 @@ use super::output::{
     Table, duration_text, kind_name, note, now_unix, print, print_json, time_cell,
 };
 use super::views;
+use crate::validate;
 
 /// Parses a protocol selector as users type it.
 pub fn parse_protocol(value: &str) -> Result<Protocol, CliError> {
@@ -40,6 +41,10 @@ pub fn preflight(command: &Command) -> Result<(), CliError> {
             parse_protocol(protocol).map(|_| ())
         }
         Command::Token(TokenCmd::Create(args)) => token_request(args).map(|_| ()),
+        Command::Route(RouteCmd::Create {
+            prefer_region: Some(region),
+            ..
+        }) => validate::region(region, "--prefer-region").map_err(CliError::Usage),
         _ => Ok(()),
     }
 }
@@ -257,12 +262,14 @@ async fn route(client: &mut AdminConn, out: &Out<'_>, cmd: RouteCmd) -> Result<(
             service,
             path_prefix,
             rewrite_host,
+            prefer_region,
         } => {
             let request = CreateRouteRequest {
                 host,
                 path_prefix: path_prefix.unwrap_or_default(),
                 service,
                 rewrite_host: rewrite_host.unwrap_or_default(),
+                prefer_region: prefer_region.unwrap_or_default(),
             };
             let r = out.call(client.create_route(request).await)?;
             out.show(
@@ -427,6 +434,24 @@ mod tests {
             protocol: "spdy".into(),
         });
         assert_eq!(preflight(&cmd).unwrap_err().exit_code(), EXIT_USAGE);
+    }
+
+    #[test]
+    fn preflight_checks_the_preferred_region_before_connecting() {
+        let create = |region: &str| {
+            Command::Route(RouteCmd::Create {
+                host: "api.example.com".into(),
+                service: "web".into(),
+                path_prefix: None,
+                rewrite_host: None,
+                prefer_region: Some(region.into()),
+            })
+        };
+        let err = preflight(&create("US East")).unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_USAGE);
+        assert!(err.to_string().contains("--prefer-region"), "{err}");
+        assert!(preflight(&create("us-east")).is_ok());
+        assert!(preflight(&create("")).is_ok(), "empty = no preference");
     }
 
     #[test]

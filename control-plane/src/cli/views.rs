@@ -80,13 +80,21 @@ pub fn service_detail_json(detail: &ServiceDetail, latest: u64) -> Value {
 }
 
 pub fn route_table(routes: &[Route]) -> Table {
-    let mut t = Table::new(&["HOST", "PATH PREFIX", "SERVICE", "REWRITE HOST", "REVISION"]);
+    let mut t = Table::new(&[
+        "HOST",
+        "PATH PREFIX",
+        "SERVICE",
+        "REWRITE HOST",
+        "PREFER REGION",
+        "REVISION",
+    ]);
     for r in routes {
         t.row(vec![
             r.host.clone(),
             path_prefix(&r.path_prefix).to_string(),
             r.service.clone(),
             or_dash(&r.rewrite_host),
+            or_dash(&r.prefer_region),
             r.revision.to_string(),
         ]);
     }
@@ -99,6 +107,7 @@ pub fn route_json(r: &Route) -> Value {
         "path_prefix": path_prefix(&r.path_prefix),
         "service": r.service,
         "rewrite_host": (!r.rewrite_host.is_empty()).then_some(&r.rewrite_host),
+        "prefer_region": (!r.prefer_region.is_empty()).then_some(&r.prefer_region),
         "revision": r.revision,
     })
 }
@@ -474,5 +483,12 @@ mod tests {
         };
         assert_eq!(route_json(&r)["path_prefix"], "/");
         assert_eq!(route_json(&r)["rewrite_host"], Value::Null);
+        assert_eq!(route_json(&r)["prefer_region"], Value::Null);
+        let us = Route {
+            prefer_region: "us".into(),
+            ..r
+        };
+        assert_eq!(route_json(&us)["prefer_region"], "us");
+        assert!(route_table(&[us]).render().contains(" us "));
     }
 }

@@ -18,7 +18,7 @@ use super::{
 };
 
 /// Schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How many tombstones are kept; older ones are pruned and raise the delta horizon.
 const MAX_TOMBSTONES: i64 = 10_000;
@@ -95,6 +95,12 @@ const MIGRATION_V2: &str = "
 ALTER TABLE ca_roots ADD COLUMN signing_ended_at INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 3: a route may prefer the endpoints of one region. Existing routes default
+/// to '' (no preference), which is how they behaved before.
+const MIGRATION_V3: &str = "
+ALTER TABLE routes ADD COLUMN prefer_region TEXT NOT NULL DEFAULT '';
+";
+
 /// The embedded SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -162,7 +168,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )));
     }
     // Each step commits with its version, so an interrupted upgrade resumes where it stopped.
-    for (target, sql) in [(1, SCHEMA_V1), (2, MIGRATION_V2)] {
+    for (target, sql) in [(1, SCHEMA_V1), (2, MIGRATION_V2), (3, MIGRATION_V3)] {
         if version < target {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
@@ -254,6 +260,7 @@ fn row_to_route(r: &rusqlite::Row<'_>) -> rusqlite::Result<Route> {
         service: r.get(2)?,
         rewrite_host: r.get(3)?,
         revision: r.get::<_, i64>(4)? as u64,
+        prefer_region: r.get(5)?,
     })
 }
 
@@ -328,7 +335,7 @@ fn all<T>(
 
 const ALL_SERVICES: &str =
     "SELECT name, protocol, port, revision, created_at FROM services ORDER BY name";
-const ALL_ROUTES: &str = "SELECT host, path_prefix, service, rewrite_host, revision FROM routes ORDER BY host, path_prefix";
+const ALL_ROUTES: &str = "SELECT host, path_prefix, service, rewrite_host, revision, prefer_region FROM routes ORDER BY host, path_prefix";
 
 fn get_meta(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(conn
@@ -496,8 +503,8 @@ impl Store for SqliteStore {
             }
             let rev = bump(tx)?;
             tx.execute(
-                "INSERT INTO routes (host, path_prefix, service, rewrite_host, revision) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![route.host, route.path_prefix, route.service, route.rewrite_host, rev as i64],
+                "INSERT INTO routes (host, path_prefix, service, rewrite_host, revision, prefer_region) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![route.host, route.path_prefix, route.service, route.rewrite_host, rev as i64, route.prefer_region],
             )?;
             clear_tombstone(tx, TombstoneKind::Route, &route_key(&route.host, &route.path_prefix))?;
             Ok(Route {
@@ -970,6 +977,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_route_keeps_its_region_preference() {
+        let (_d, s) = store();
+        s.create_service("web", Protocol::Http, 0, 1).await.unwrap();
+        let route = |prefer_region: &str| Route {
+            host: "api.example.com".into(),
+            path_prefix: "/".into(),
+            service: "web".into(),
+            prefer_region: prefer_region.into(),
+            ..Default::default()
+        };
+        let first = s.create_route(route("us")).await.unwrap();
+        assert_eq!(first.prefer_region, "us");
+        assert_eq!(s.list_routes().await.unwrap(), std::slice::from_ref(&first));
+        // Re-created with another preference: a new revision, so gateways get it.
+        s.delete_route("api.example.com", "/").await.unwrap();
+        let second = s.create_route(route("eu")).await.unwrap();
+        assert!(second.revision > first.revision);
+        let st = s.config_state().await.unwrap();
+        assert_eq!(st.routes, [second]);
+        assert!(st.tombstones.is_empty(), "re-creating clears the tombstone");
+    }
+
+    #[tokio::test]
     async fn dataplane_reconnect_without_change_does_not_bump() {
         let (_d, s) = store();
         let reg = DataplaneRegistration {
@@ -1049,6 +1079,11 @@ mod tests {
                 [],
             )
             .unwrap();
+            conn.execute_batch(
+                "INSERT INTO services (name, protocol, port, revision, created_at) VALUES ('web', 2, NULL, 1, 1);
+                 INSERT INTO routes (host, path_prefix, service, rewrite_host, revision) VALUES ('a.example.com', '/', 'web', '', 2);",
+            )
+            .unwrap();
             conn.pragma_update(None, "user_version", 1).unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
@@ -1065,7 +1100,17 @@ mod tests {
                 signing_ended_at: 0
             }]
         );
-        assert!(s.config_state().await.unwrap().ca_roots[0].signing);
+        let st = s.config_state().await.unwrap();
+        assert!(st.ca_roots[0].signing);
+        // A route from before version 3 has no region preference.
+        assert_eq!(st.routes.len(), 1);
+        assert_eq!(
+            (
+                st.routes[0].host.as_str(),
+                st.routes[0].prefer_region.as_str()
+            ),
+            ("a.example.com", "")
+        );
         // Opening again is a no-op.
         drop(s);
         SqliteStore::open(&path).unwrap();

@@ -44,6 +44,9 @@ pub struct RouteEntry {
     pub path_prefix: String,
     pub service: String,
     pub rewrite_host: String,
+    /// Region whose endpoints are tried first (empty: the usual order).
+    #[serde(default)]
+    pub prefer_region: String,
 }
 
 /// Everything a dataplane holds, as of `version` from control plane `control_plane_id`.
@@ -226,6 +229,7 @@ impl MeshConfig {
                     path_prefix: r.path_prefix.clone(),
                     service: r.service.clone(),
                     rewrite_host: r.rewrite_host.clone(),
+                    prefer_region: r.prefer_region.clone(),
                 },
             );
         }

@@ -284,7 +284,10 @@ impl Gateway {
                 .or_insert(HeaderValue::from_static("13"));
         }
 
-        let send = self.upstreams.send(&config, &route.service, out);
+        let prefer_region = Some(route.prefer_region.as_str()).filter(|r| !r.is_empty());
+        let send = self
+            .upstreams
+            .send(&config, &route.service, prefer_region, out);
         let result = if grpc || client_upgrade.is_some() {
             send.await
         } else {

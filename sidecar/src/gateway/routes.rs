@@ -85,6 +85,7 @@ mod tests {
                     path_prefix: (*prefix).into(),
                     service: (*service).into(),
                     rewrite_host: String::new(),
+                    prefer_region: String::new(),
                 },
             );
         }

@@ -73,18 +73,20 @@ impl Upstreams {
         Ok(sender)
     }
 
-    /// Sends `req` to an endpoint of `service`. A request that was not sent (no tunnel,
-    /// closed connection) is retried on another endpoint.
+    /// Sends `req` to an endpoint of `service`, in `prefer_region` first when the route
+    /// names one. A request that was not sent (no tunnel, closed connection) is retried
+    /// on another endpoint.
     pub async fn send(
         &self,
         config: &MeshConfig,
         service: &str,
+        prefer_region: Option<&str>,
         mut req: Request<Body>,
     ) -> Result<Upstream, (MeshError, String)> {
         let mut tried = Vec::new();
         let mut last = String::new();
         for _ in 0..MAX_ATTEMPTS {
-            let Some(ep) = self.balancer.pick(config, service, &tried) else {
+            let Some(ep) = self.balancer.pick(config, service, &tried, prefer_region) else {
                 break;
             };
             let target = Target::for_endpoint(&ep, service, self.balancer.region());

@@ -1,6 +1,7 @@
-//! Choosing an endpoint: healthy endpoints in the caller's region first, then other
-//! regions; power of two choices on in-flight connections; an endpoint that refused is
-//! ejected for a while (doubling while it keeps refusing).
+//! Choosing an endpoint: healthy endpoints in the region a gateway route prefers first
+//! (when it names one), then in the caller's region, then in any region; power of two
+//! choices on in-flight connections; an endpoint that refused is ejected for a while
+//! (doubling while it keeps refusing).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,12 +60,16 @@ impl Balancer {
         &self.region
     }
 
-    /// Picks an endpoint of `service`, skipping `exclude` (ids already tried).
+    /// Picks an endpoint of `service`, skipping `exclude` (ids already tried). Among
+    /// the healthy, non-ejected endpoints: those in `prefer_region` (a route's
+    /// preference; `None` or empty for none) if there are any, else those in the
+    /// caller's region if there are any, else all of them.
     pub fn pick(
         &self,
         config: &MeshConfig,
         service: &str,
         exclude: &[String],
+        prefer_region: Option<&str>,
     ) -> Option<EndpointEntry> {
         let now = Instant::now();
         let usable: Vec<&EndpointEntry> = config
@@ -73,12 +78,23 @@ impl Balancer {
             .filter(|e| e.service == service && e.healthy && !exclude.contains(&e.id))
             .filter(|e| !self.is_ejected(&e.address, now))
             .collect();
-        let local: Vec<&EndpointEntry> = usable
-            .iter()
-            .copied()
-            .filter(|e| e.region == self.region)
-            .collect();
-        let pool = if local.is_empty() { usable } else { local };
+        let in_region = |region: &str| -> Vec<&EndpointEntry> {
+            usable
+                .iter()
+                .copied()
+                .filter(|e| e.region == region)
+                .collect()
+        };
+        let preferred = match prefer_region {
+            Some(r) if !r.is_empty() => in_region(r),
+            _ => Vec::new(),
+        };
+        let pool = if !preferred.is_empty() {
+            preferred
+        } else {
+            let local = in_region(&self.region);
+            if local.is_empty() { usable } else { local }
+        };
         let chosen = match pool.len() {
             0 => return None,
             1 => pool[0],
@@ -166,14 +182,49 @@ mod tests {
         let b = Balancer::new("eu");
         let c = config(vec![ep("a", "eu", true), ep("b", "us", true)]);
         for _ in 0..50 {
-            assert_eq!(b.pick(&c, "web", &[]).unwrap().id, "a");
+            assert_eq!(b.pick(&c, "web", &[], None).unwrap().id, "a");
         }
         b.eject("a:15008");
-        assert_eq!(b.pick(&c, "web", &[]).unwrap().id, "b");
+        assert_eq!(b.pick(&c, "web", &[], None).unwrap().id, "b");
         let c = config(vec![ep("a", "eu", false), ep("b", "us", true)]);
         let b = Balancer::new("eu");
-        assert_eq!(b.pick(&c, "web", &[]).unwrap().id, "b");
-        assert!(b.pick(&c, "web", &["b".into()]).is_none());
+        assert_eq!(b.pick(&c, "web", &[], None).unwrap().id, "b");
+        assert!(b.pick(&c, "web", &["b".into()], None).is_none());
+    }
+
+    #[test]
+    fn a_preferred_region_wins_over_the_own_region_then_falls_back() {
+        let b = Balancer::new("eu");
+        let c = config(vec![
+            ep("a", "eu", true),
+            ep("b", "us", true),
+            ep("c", "us", true),
+        ]);
+        let us = Some("us");
+        for _ in 0..50 {
+            let id = b.pick(&c, "web", &[], us).unwrap().id;
+            assert!(id == "b" || id == "c", "preferred region first, got {id}");
+        }
+        // Empty or absent preference: the caller's own region, as before.
+        assert_eq!(b.pick(&c, "web", &[], Some("")).unwrap().id, "a");
+        assert_eq!(b.pick(&c, "web", &[], None).unwrap().id, "a");
+        // A preferred region with no endpoint at all: the usual order.
+        assert_eq!(b.pick(&c, "web", &[], Some("ap")).unwrap().id, "a");
+
+        // The preferred region's endpoints are unhealthy, tried or ejected: the usual
+        // order again (own region first), never nothing.
+        let sick = config(vec![
+            ep("a", "eu", true),
+            ep("b", "us", false),
+            ep("c", "us", true),
+        ]);
+        assert_eq!(b.pick(&sick, "web", &[], us).unwrap().id, "c");
+        assert_eq!(b.pick(&sick, "web", &["c".into()], us).unwrap().id, "a");
+        b.eject("c:15008");
+        assert_eq!(b.pick(&sick, "web", &[], us).unwrap().id, "a");
+        // With no endpoint in the own region either: any region.
+        let far = config(vec![ep("d", "ap", true), ep("b", "us", false)]);
+        assert_eq!(b.pick(&far, "web", &[], us).unwrap().id, "d");
     }
 
     #[test]
@@ -193,7 +244,7 @@ mod tests {
         let c = config(vec![ep("a", "", true), ep("b", "", true)]);
         let _held: Vec<InFlight> = (0..10).map(|_| b.start("a")).collect();
         for _ in 0..50 {
-            assert_eq!(b.pick(&c, "web", &[]).unwrap().id, "b");
+            assert_eq!(b.pick(&c, "web", &[], None).unwrap().id, "b");
         }
     }
 }

@@ -189,7 +189,7 @@ impl Outbound {
         let mut tried = Vec::new();
         for _ in 0..MAX_ATTEMPTS {
             let config = self.config.borrow().clone();
-            let Some(ep) = self.balancer.pick(&config, service, &tried) else {
+            let Some(ep) = self.balancer.pick(&config, service, &tried, None) else {
                 break;
             };
             let target = Target::for_endpoint(&ep, service, self.balancer.region());
