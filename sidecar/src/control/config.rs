@@ -142,6 +142,15 @@ fn route_key(host: &str, prefix: &str) -> String {
 }
 
 impl MeshConfig {
+    /// The ingress of `region` (every endpoint of a region carries the same one), if
+    /// the region has one.
+    pub fn region_ingress(&self, region: &str) -> Option<&str> {
+        self.endpoints
+            .values()
+            .find(|e| e.region == region && !e.ingress_address.is_empty())
+            .map(|e| e.ingress_address.as_str())
+    }
+
     /// Applies `u` to a copy of `self` and returns it.
     pub fn apply(&self, u: &ConfigUpdate) -> Result<MeshConfig, ApplyError> {
         let mut next = if u.full {

@@ -89,7 +89,8 @@ impl Upstreams {
             let Some(ep) = self.balancer.pick(config, service, &tried, prefer_region) else {
                 break;
             };
-            let target = Target::for_endpoint(&ep, service, self.balancer.region());
+            // The gateway sits on the border (it reaches other regions' ingresses).
+            let target = Target::for_endpoint(&ep, service, self.balancer.region(), None);
             let inflight = self.balancer.start(&ep.id);
             let mut sender = match self.connection(&target, &ep.id).await {
                 Ok(s) => s,

@@ -1,9 +1,11 @@
-//! `weft-sidecar ingress`: the entry of a region for tunnels from other regions when the
+//! `weft-sidecar ingress`: the border of a region for tunnels between regions when the
 //! networks are not flat. It reads the SNI of each incoming TLS connection, which names
-//! one dataplane of its region, and splices the connection to that dataplane's inbound
-//! port. It never terminates TLS and holds no key that could decrypt the tunnel: its
-//! own certificate only identifies it to the control plane. Both ends of the tunnel
-//! still check each other's SPIFFE ids end to end.
+//! one dataplane. A dataplane of its own region: it splices the connection to that
+//! dataplane's inbound port (the way in). A dataplane of another region: it splices the
+//! connection to that region's ingress (the way out, for sidecars whose network reaches
+//! only their own region). It never terminates TLS and holds no key that could decrypt
+//! the tunnel: its own certificate only identifies it to the control plane. Both ends of
+//! the tunnel still check each other's SPIFFE ids end to end.
 
 pub mod sni;
 
@@ -57,11 +59,33 @@ fn count(metrics: &Metrics, result: &'static str) {
         .inc();
 }
 
-/// Routes one connection by its SNI to a dataplane of `region`.
+/// Where a connection for the dataplane named `sni` goes from the ingress of `region`
+/// (reached at `own_address`): the dataplane itself when it is in this region, the
+/// ingress of its region otherwise. None when no dataplane has that name, or when the
+/// next hop would be this ingress again.
+fn next_hop(
+    config: &MeshConfig,
+    sni: &str,
+    region: &str,
+    own_address: &str,
+) -> Option<(String, &'static str)> {
+    let ep = config.endpoints.values().find(|e| e.sni == sni)?;
+    if ep.region == region {
+        Some((ep.address.clone(), "spliced"))
+    } else if !ep.ingress_address.is_empty() && ep.ingress_address != own_address {
+        Some((ep.ingress_address.clone(), "relayed"))
+    } else {
+        None
+    }
+}
+
+/// Routes one connection by its SNI: to a dataplane of `region`, or to the ingress of
+/// the dataplane's region.
 async fn handle(
     mut tcp: TcpStream,
     config: watch::Receiver<Arc<MeshConfig>>,
-    region: String,
+    region: Arc<str>,
+    own_address: Arc<str>,
     metrics: Arc<Metrics>,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -91,15 +115,9 @@ async fn handle(
             return;
         }
     };
-    // Only dataplanes of this ingress's own region are reachable through it.
-    let target = config
-        .borrow()
-        .endpoints
-        .values()
-        .find(|e| e.sni == name && e.region == region)
-        .map(|e| e.address.clone());
-    let Some(target) = target else {
-        tracing::info!(sni = %name, "no dataplane of this region has that name");
+    let hop = next_hop(&config.borrow(), &name, &region, &own_address);
+    let Some((target, result)) = hop else {
+        tracing::info!(sni = %name, "no dataplane has that name, or its region has no other ingress");
         count(&metrics, "unknown_sni");
         return;
     };
@@ -107,7 +125,7 @@ async fn handle(
         match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&target)).await {
             Ok(Ok(s)) => s,
             _ => {
-                tracing::warn!(sni = %name, %target, "dataplane unreachable");
+                tracing::warn!(sni = %name, %target, "next hop unreachable");
                 count(&metrics, "unreachable");
                 return;
             }
@@ -116,7 +134,7 @@ async fn handle(
     if upstream.write_all(&buf).await.is_err() {
         return;
     }
-    count(&metrics, "spliced");
+    count(&metrics, result);
     let _active = ActiveGuard::new(&metrics, "ingress");
     if let Ok((a, b)) = splice(&mut tcp, &mut upstream).await {
         metrics
@@ -196,6 +214,8 @@ pub async fn run(
         }),
     ));
     tracing::info!(ingress = %claims.name, region = %cfg.region, listen = %cfg.listen, advertise = %advertise, "weft ingress running");
+    let region: Arc<str> = cfg.region.as_str().into();
+    let own_address: Arc<str> = advertise.as_str().into();
     let accept = async {
         loop {
             match listener.accept().await {
@@ -203,7 +223,8 @@ pub async fn run(
                     tokio::spawn(handle(
                         tcp,
                         handles.config.clone(),
-                        cfg.region.clone(),
+                        region.clone(),
+                        own_address.clone(),
                         metrics.clone(),
                     ));
                 }
@@ -219,4 +240,61 @@ pub async fn run(
         _ = shutdown => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::config::EndpointEntry;
+
+    fn config() -> MeshConfig {
+        let mut c = MeshConfig::default();
+        for (id, region, address, ingress) in [
+            ("eu-1", "eu", "10.0.1.5:15008", "eu-ingress:15009"),
+            ("us-1", "us", "10.0.2.5:15008", "us-ingress:15009"),
+            ("ap-1", "ap", "10.0.3.5:15008", ""),
+        ] {
+            c.endpoints.insert(
+                id.into(),
+                EndpointEntry {
+                    id: id.into(),
+                    service: "web".into(),
+                    address: address.into(),
+                    region: region.into(),
+                    healthy: true,
+                    identity: String::new(),
+                    ingress_address: ingress.into(),
+                    sni: format!("{id}.web.weft"),
+                },
+            );
+        }
+        c
+    }
+
+    #[test]
+    fn own_region_is_spliced_to_the_dataplane() {
+        let hop = next_hop(&config(), "eu-1.web.weft", "eu", "eu-ingress:15009");
+        assert_eq!(hop, Some(("10.0.1.5:15008".into(), "spliced")));
+    }
+
+    #[test]
+    fn other_regions_are_relayed_to_their_ingress() {
+        let hop = next_hop(&config(), "us-1.web.weft", "eu", "eu-ingress:15009");
+        assert_eq!(hop, Some(("us-ingress:15009".into(), "relayed")));
+    }
+
+    #[test]
+    fn no_route_to_unknown_names_regions_without_ingress_or_itself() {
+        let c = config();
+        assert_eq!(next_hop(&c, "xx.web.weft", "eu", "eu-ingress:15009"), None);
+        assert_eq!(
+            next_hop(&c, "ap-1.web.weft", "eu", "eu-ingress:15009"),
+            None
+        );
+        // A config naming this ingress as another region's must not loop.
+        assert_eq!(
+            next_hop(&c, "us-1.web.weft", "eu", "us-ingress:15009"),
+            None
+        );
+    }
 }

@@ -192,7 +192,10 @@ impl Outbound {
             let Some(ep) = self.balancer.pick(&config, service, &tried, None) else {
                 break;
             };
-            let target = Target::for_endpoint(&ep, service, self.balancer.region());
+            // A sidecar's network may reach only its own region: other regions are
+            // reached through this region's ingress when there is one.
+            let region = self.balancer.region();
+            let target = Target::for_endpoint(&ep, service, region, config.region_ingress(region));
             let inflight = self.balancer.start(&ep.id);
             match self.pool.open(&target).await {
                 Ok(mut tunnel) => {

@@ -62,16 +62,24 @@ pub struct Target {
 }
 
 impl Target {
-    /// How a caller in `region` reaches `ep` of `service`: directly in its own region,
-    /// through the endpoint region's ingress from other regions when there is one.
-    pub fn for_endpoint(ep: &EndpointEntry, service: &str, region: &str) -> Self {
-        let via_ingress = ep.region != region && !ep.ingress_address.is_empty();
+    /// How a caller in `region` reaches `ep` of `service`. In its own region, and in
+    /// regions without an ingress (flat networks): directly. Otherwise through an
+    /// ingress: `egress` when given (the caller's own region's ingress, for callers
+    /// whose network reaches only their region; it relays by SNI), else the ingress of
+    /// the endpoint's region.
+    pub fn for_endpoint(
+        ep: &EndpointEntry,
+        service: &str,
+        region: &str,
+        egress: Option<&str>,
+    ) -> Self {
+        let address = if ep.region == region || ep.ingress_address.is_empty() {
+            ep.address.clone()
+        } else {
+            egress.unwrap_or(&ep.ingress_address).to_owned()
+        };
         Target {
-            address: if via_ingress {
-                ep.ingress_address.clone()
-            } else {
-                ep.address.clone()
-            },
+            address,
             sni: if ep.sni.is_empty() {
                 format!("{service}.weft")
             } else {
