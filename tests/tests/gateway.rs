@@ -819,3 +819,38 @@ async fn gateway_config(gw: &Gateway) -> serde_json::Value {
     let json = body.split("\r\n\r\n").nth(1).unwrap_or("{}");
     serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
 }
+
+#[tokio::test]
+async fn set_protocol_takes_effect_on_the_gateways_pooled_connections() {
+    let cp = ControlPlane::start(&[]).await;
+    // An app that answers both HTTP/1.1 and h2c reports which one its sidecar used.
+    let (_app, _sc) = weft_tests::deploy(&cp, "flip", "http", 0, "auto", "eu").await;
+    cp.weftctl_ok(&["route", "create", "flip.example.com", "--service", "flip"]);
+    let gw = Gateway::start(&cp, "edge", &[]).await;
+    gw.wait_route("flip.example.com").await;
+    let version = || {
+        get(
+            &["--http2-prior-knowledge"],
+            &gw.plain("flip.example.com", "/"),
+        )
+        .1["version"]
+            .clone()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            version(),
+            "HTTP/1.1",
+            "selector http: translated to HTTP/1.1"
+        );
+    }
+    // The gateway's inner connection to the endpoint stays open between requests; the
+    // new selector must still apply to the next requests, not only after it closes.
+    cp.weftctl_ok(&["service", "set-protocol", "flip", "http2"]);
+    weft_tests::eventually(Duration::from_secs(10), || async {
+        (version() == "HTTP/2.0").then_some(())
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(version(), "HTTP/2.0", "selector http2: HTTP/2 all the way");
+    }
+}

@@ -21,11 +21,14 @@ use crate::tunnel::{CONNECTION_WINDOW, STREAM_WINDOW};
 /// Endpoints tried for one request before giving up (only before anything was sent).
 const MAX_ATTEMPTS: usize = 3;
 
-/// Inner HTTP/2 connections to endpoints, keyed by endpoint id.
+/// Inner HTTP/2 connections to endpoints, keyed by endpoint id. Each remembers the
+/// service's selector it was opened under: the inbound sidecar fixes how it delivers a
+/// connection when it opens, so after `weftctl service set-protocol` the next request
+/// opens a new connection (the old one finishes its streams and closes).
 pub struct Upstreams {
     tunnel: Arc<TunnelPool>,
     balancer: Arc<Balancer>,
-    conns: DashMap<String, SendRequest<Body>>,
+    conns: DashMap<String, (String, SendRequest<Body>)>,
     connecting: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
@@ -46,14 +49,27 @@ impl Upstreams {
         })
     }
 
-    async fn connection(&self, target: &Target, id: &str) -> Result<SendRequest<Body>, String> {
-        if let Some(s) = self.conns.get(id).filter(|s| !s.is_closed()) {
-            return Ok(s.clone());
+    /// The open connection to endpoint `id` under selector `protocol`, if any.
+    fn pooled(&self, id: &str, protocol: &str) -> Option<SendRequest<Body>> {
+        self.conns
+            .get(id)
+            .filter(|c| c.0 == protocol && !c.1.is_closed())
+            .map(|c| c.1.clone())
+    }
+
+    async fn connection(
+        &self,
+        target: &Target,
+        id: &str,
+        protocol: &str,
+    ) -> Result<SendRequest<Body>, String> {
+        if let Some(s) = self.pooled(id, protocol) {
+            return Ok(s);
         }
         let lock = self.connecting.entry(id.to_owned()).or_default().clone();
         let _guard = lock.lock().await;
-        if let Some(s) = self.conns.get(id).filter(|s| !s.is_closed()) {
-            return Ok(s.clone());
+        if let Some(s) = self.pooled(id, protocol) {
+            return Ok(s);
         }
         let io = self.tunnel.open(target).await.map_err(|e| e.to_string())?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -69,7 +85,8 @@ impl Upstreams {
                 tracing::debug!(error = %e, "inner HTTP/2 connection ended");
             }
         });
-        self.conns.insert(id.to_owned(), sender.clone());
+        self.conns
+            .insert(id.to_owned(), (protocol.to_owned(), sender.clone()));
         Ok(sender)
     }
 
@@ -92,7 +109,11 @@ impl Upstreams {
             // The gateway sits on the border (it reaches other regions' ingresses).
             let target = Target::for_endpoint(&ep, service, self.balancer.region(), None);
             let inflight = self.balancer.start(&ep.id);
-            let mut sender = match self.connection(&target, &ep.id).await {
+            let protocol = config
+                .services
+                .get(service)
+                .map_or("", |s| s.protocol.as_str());
+            let mut sender = match self.connection(&target, &ep.id, protocol).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(service, endpoint = %ep.address, error = %e, "endpoint failed; trying another");
