@@ -26,6 +26,13 @@ pub const ERROR_CODE_HEADER: &str = "weft-error-code";
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Wraps bytes as a [`Body`].
+/// Why gRPC cannot reach a service declared `http`, and the fix.
+pub fn grpc_to_http_message(service: &str) -> String {
+    format!(
+        "service {service} is declared `http` (HTTP/1.1), which cannot carry gRPC; run `weftctl service set-protocol {service} grpc`"
+    )
+}
+
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})

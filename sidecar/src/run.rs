@@ -149,12 +149,12 @@ pub async fn run(
     crate::control::bundle_sync::spawn_bundle_sync(handles.config.clone(), manager.clone());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let app_refused = Arc::new(tokio::sync::Notify::new());
     let delivery = Arc::new(Delivery {
         service: cfg.service.clone(),
-        apps: AppClients::new(cfg.app),
+        apps: AppClients::new(cfg.app, app_refused.clone()),
         metrics: metrics.clone(),
     });
-    let app_refused = Arc::new(tokio::sync::Notify::new());
     let inbound = Arc::new(Inbound {
         service: cfg.service.clone(),
         app: cfg.app,

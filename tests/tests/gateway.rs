@@ -351,7 +351,7 @@ async fn the_app_cannot_set_the_mesh_error_header() {
 async fn each_gateway_error_has_its_status_and_code() {
     let cp = ControlPlane::start(&[]).await;
     cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
-    cp.weftctl_ok(&["service", "create", "empty", "--protocol", "http"]);
+    cp.weftctl_ok(&["service", "create", "empty", "--protocol", "http2"]);
     cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
     cp.weftctl_ok(&["route", "create", "empty.example.com", "--service", "empty"]);
     cp.weftctl_ok(&["service", "create", "rpc", "--protocol", "grpc"]);
@@ -449,11 +449,12 @@ async fn each_gateway_error_has_its_status_and_code() {
         h.contains("grpc-status: 12") && h.contains("weft-error-code: weft-1"),
         "{h}"
     );
-    // The app is stopped: its sidecar refuses the tunnel stream, 502.
+    // The app is stopped: its sidecar answers that nothing reached the app, and there
+    // is no other endpoint: 503.
     app.proc.kill9();
     let h = head(&["--http1.1"], &[], &gw.plain("web.example.com", "/"));
     assert!(
-        h.starts_with("http/1.1 502") && h.contains("weft-error-code: weft-3"),
+        h.starts_with("http/1.1 503") && h.contains("weft-error-code: weft-2"),
         "{h}"
     );
     // gRPC to an `http` service is refused whatever the app's state...
@@ -853,4 +854,53 @@ async fn set_protocol_takes_effect_on_the_gateways_pooled_connections() {
     for _ in 0..3 {
         assert_eq!(version(), "HTTP/2.0", "selector http2: HTTP/2 all the way");
     }
+}
+
+#[tokio::test]
+async fn requests_move_to_another_endpoint_when_an_app_stops() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
+    let mut eu = App::start("h1", "web-eu").await;
+    let us = App::start("h1", "web-us").await;
+    let _seu = Sidecar::start(&cp, "web", eu.addr, "eu").await;
+    let _sus = Sidecar::start(&cp, "web", us.addr, "us").await;
+    let gw = Gateway::start(&cp, "edge", &[]).await; // region eu
+    gw.wait_route("web.example.com").await;
+    let healthy = |name: &'static str| {
+        let gw = &gw;
+        async move {
+            let c = gateway_config(gw).await;
+            c["endpoints"]
+                .as_object()?
+                .values()
+                .find(|e| e["region"] == name)
+                .map(|e| e["healthy"] == true)
+        }
+    };
+    weft_tests::eventually(Duration::from_secs(15), || async {
+        (healthy("eu").await? && healthy("us").await?).then_some(())
+    })
+    .await;
+    let app = |mode: &str| {
+        get(&[mode], &gw.tls("web.example.com", "/")).1["app"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(app("--http2"), "web-eu", "the gateway's own region first");
+
+    // The eu app stops; its sidecar and the gateway's connection to it stay up. Not one
+    // request may fail: the eu sidecar answers that nothing reached its app, and the
+    // gateway sends the request to us instead.
+    eu.proc.kill9();
+    for mode in ["--http2", "--http1.1"].iter().cycle().take(20) {
+        assert_eq!(app(mode), "web-us");
+    }
+    // The refusal woke the eu sidecar's probe: the control plane marks the endpoint
+    // unhealthy, so gateways stop trying it at all.
+    weft_tests::eventually(Duration::from_secs(10), || async {
+        (!healthy("eu").await?).then_some(())
+    })
+    .await;
 }

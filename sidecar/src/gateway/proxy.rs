@@ -20,7 +20,7 @@ use super::access::{AccessRecord, Logged};
 use super::routes;
 use super::upstream::Upstreams;
 use crate::control::config::MeshConfig;
-use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, full, is_grpc};
+use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, full, grpc_to_http_message, is_grpc};
 use crate::inbound::app::MAX_HEADER_BYTES;
 use crate::inbound::{splice, translate, ws};
 use crate::metrics::Metrics;
@@ -284,6 +284,10 @@ impl Gateway {
                 .or_insert(HeaderValue::from_static("13"));
         }
 
+        // Known from the config alone, whatever the state of the endpoints.
+        if grpc && config.protocol_of(&route.service) == "http" {
+            return fail(MeshError::GrpcToHttp1, grpc_to_http_message(&route.service));
+        }
         let prefer_region = Some(route.prefer_region.as_str()).filter(|r| !r.is_empty());
         let send = self
             .upstreams

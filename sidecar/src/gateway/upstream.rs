@@ -6,13 +6,14 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use http::{Request, Response};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::control::config::MeshConfig;
-use crate::errors::{Body, MeshError};
+use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, full};
 use crate::inbound::app::MAX_HEADER_BYTES;
 use crate::outbound::balance::{Balancer, InFlight};
 use crate::tunnel::client::{Target, TunnelPool};
@@ -92,7 +93,8 @@ impl Upstreams {
 
     /// Sends `req` to an endpoint of `service`, in `prefer_region` first when the route
     /// names one. A request that was not sent (no tunnel, closed connection) is retried
-    /// on another endpoint.
+    /// on another endpoint, and so is a request without a body that an endpoint answered
+    /// with "my app is not accepting connections" (nothing reached the app).
     pub async fn send(
         &self,
         config: &MeshConfig,
@@ -102,6 +104,9 @@ impl Upstreams {
     ) -> Result<Upstream, (MeshError, String)> {
         let mut tried = Vec::new();
         let mut last = String::new();
+        let replay = Replay::of(&req);
+        // The last "app unavailable" answer, returned if no other endpoint takes it.
+        let mut unavailable = None;
         for _ in 0..MAX_ATTEMPTS {
             let Some(ep) = self.balancer.pick(config, service, &tried, prefer_region) else {
                 break;
@@ -130,6 +135,22 @@ impl Upstreams {
             }
             match sender.try_send_request(req).await {
                 Ok(response) => {
+                    if let Some(again) = replay.as_ref().filter(|_| {
+                        // Behind `http` the inbound strips the app's copy of the
+                        // header: this one is the sidecar's own.
+                        protocol == "http" && app_unavailable(&response)
+                    }) {
+                        tracing::info!(service, endpoint = %ep.address, "the endpoint's app is not accepting connections; trying another");
+                        self.balancer.eject(&ep.address);
+                        tried.push(ep.id);
+                        req = again.request();
+                        unavailable = Some(Upstream {
+                            response,
+                            endpoint: ep.address,
+                            _inflight: inflight,
+                        });
+                        continue;
+                    }
                     self.balancer.succeeded(&ep.address);
                     return Ok(Upstream {
                         response,
@@ -157,6 +178,9 @@ impl Upstreams {
                 }
             }
         }
+        if let Some(up) = unavailable {
+            return Ok(up);
+        }
         if tried.is_empty() {
             Err((
                 MeshError::NoEndpoint,
@@ -173,5 +197,44 @@ impl Upstreams {
     /// Drops connections to endpoints no longer in the config.
     pub fn retain(&self, config: &MeshConfig) {
         self.conns.retain(|id, _| config.endpoints.contains_key(id));
+    }
+}
+
+/// Whether an inbound sidecar answered that its app refused the connection.
+fn app_unavailable(response: &Response<Incoming>) -> bool {
+    response
+        .headers()
+        .get(ERROR_CODE_HEADER)
+        .map(|v| v.as_bytes())
+        == Some(MeshError::NoEndpoint.code().as_bytes())
+}
+
+/// What it takes to send a request without a body again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// Only requests whose body has already ended can be sent twice (the body of
+    /// the others streams through and is gone once sent).
+    fn of(req: &Request<Body>) -> Option<Self> {
+        req.body().is_end_stream().then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<Body> {
+        let mut req = Request::new(full(bytes::Bytes::new()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
     }
 }

@@ -17,7 +17,7 @@ use super::Delivery;
 use super::app::MAX_HEADER_BYTES;
 use super::translate;
 use super::ws;
-use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, is_grpc};
+use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, grpc_to_http_message, is_grpc};
 
 fn reject(e: (MeshError, String), grpc: bool) -> Response<Body> {
     e.0.response(&e.1, grpc)
@@ -48,12 +48,8 @@ async fn h2_request(mut req: Request<Incoming>, d: Arc<Delivery>) -> Response<Bo
     let started = Instant::now();
     let grpc = is_grpc(&req);
     if grpc {
-        let msg = format!(
-            "service {} is declared `http` (HTTP/1.1), which cannot carry gRPC; run `weftctl service set-protocol {} grpc`",
-            d.service, d.service
-        );
         d.metrics.record_request("h2", "h1", 200, started);
-        return MeshError::GrpcToHttp1.response(&msg, true);
+        return MeshError::GrpcToHttp1.response(&grpc_to_http_message(&d.service), true);
     }
     if req.method() == Method::CONNECT {
         if ws::is_extended_websocket(&req) {
@@ -70,16 +66,39 @@ async fn h2_request(mut req: Request<Incoming>, d: Arc<Delivery>) -> Response<Bo
     let req = req.map(|b| b.boxed());
     let resp = match d.apps.h1.request(req).await {
         Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(error = %e, "app request failed");
-            d.metrics.record_request("h2", "h1", 502, started);
-            return MeshError::UpstreamFailed
-                .response(&format!("the app at {} failed: {e}", d.apps.addr), false);
-        }
+        Err(e) => return app_failed(&d, &e, ("h2", "h1"), started, false),
     };
     d.metrics
         .record_request("h2", "h1", resp.status().as_u16(), started);
     finish_response(resp)
+}
+
+/// The answer when a request could not be carried to the app. The app refusing the
+/// connection means nothing was delivered: 503 `WEFT-2` (this endpoint has no healthy
+/// app), which tells a gateway it may send the request to another endpoint. Any other
+/// failure may have reached the app: 502 `WEFT-3`.
+fn app_failed(
+    d: &Delivery,
+    e: &hyper_util::client::legacy::Error,
+    versions: (&'static str, &'static str),
+    started: Instant,
+    grpc: bool,
+) -> Response<Body> {
+    tracing::debug!(error = %e, "app request failed");
+    let (err, msg) = if e.is_connect() {
+        (
+            MeshError::NoEndpoint,
+            format!("the app at {} is not accepting connections", d.apps.addr),
+        )
+    } else {
+        (
+            MeshError::UpstreamFailed,
+            format!("the app at {} failed: {e}", d.apps.addr),
+        )
+    };
+    d.metrics
+        .record_request(versions.0, versions.1, err.status().as_u16(), started);
+    err.response(&msg, grpc)
 }
 
 /// Serves an HTTP/1.1 client and forwards each request to an h2c app.
@@ -121,12 +140,7 @@ async fn h1_request(mut req: Request<Incoming>, d: Arc<Delivery>) -> Response<Bo
     let req = req.map(|b| b.boxed());
     let resp = match d.apps.h2.request(req).await {
         Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(error = %e, "app request failed");
-            d.metrics.record_request("h1", "h2", 502, started);
-            return MeshError::UpstreamFailed
-                .response(&format!("the app at {} failed: {e}", d.apps.addr), grpc);
-        }
+        Err(e) => return app_failed(&d, &e, ("h1", "h2"), started, grpc),
     };
     d.metrics
         .record_request("h1", "h2", resp.status().as_u16(), started);
