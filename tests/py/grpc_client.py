@@ -112,16 +112,17 @@ class Cases:
         start = time.monotonic()
         call = self.stub.ServerStream(
             self.pb2.EchoRequest(message="tick", count=5, interval_ms=100), timeout=10, metadata=self.metadata)
-        replies, arrivals = [], []
+        replies, arrivals, apps = [], [], set()
         for reply in call:
             arrivals.append(round(time.monotonic() - start, 4))
             replies.append(reply.index)
+            apps.add(reply.app)
         check(replies == [0, 1, 2, 3, 4], f"indexes {replies}, want [0..4]")
         spread = arrivals[-1] - arrivals[0]
         # 4 intervals of 100 ms: a buffered stream arrives all at once.
         check(spread >= 0.3, f"replies arrived within {spread:.3f}s: the stream was buffered")
         return {"indexes": replies, "arrivals_s": arrivals, "spread_s": round(spread, 4),
-                "http_version": reply.http_version}
+                "http_version": reply.http_version, "apps": sorted(apps)}
 
     def client_stream(self):
         parts = ["a", "b", "c", "d"]
@@ -158,7 +159,8 @@ class Cases:
             requests.put(done)
         rest = list(call)
         check(rest == [], f"{len(rest)} unexpected extra replies")
-        return {"round_trips_s": rtts, "messages": len(rtts), "http_version": reply.http_version}
+        return {"round_trips_s": rtts, "messages": len(rtts), "http_version": reply.http_version,
+                "app": reply.app}
 
     def deadline(self):
         start = time.monotonic()
