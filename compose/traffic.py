@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Continuous HTTP traffic for the compose demo's fault tests (standard library only).
 
-  traffic.py --target NAME=URL [--target ...] [--cacert FILE] [--interval 0.02]
+  traffic.py --target NAME=URL[,CAFILE] [--target ...] [--interval 0.02]
 
-One sequential client per target (keep-alive HTTP/1.1, or TLS when the URL is https),
+One sequential client per target (keep-alive HTTP/1.1, or TLS when the URL is https, trusting CAFILE),
 each request with a 5 s timeout. https URLs are sent to 127.0.0.1 with the URL's host as
 SNI and Host, so *.localhost names need no resolver. Runs until SIGTERM or SIGINT, then
 prints one JSON object: per target the count of ok and failed requests, the apps that
@@ -91,16 +91,18 @@ class Target:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", action="append", required=True, help="NAME=URL")
-    parser.add_argument("--cacert", help="PEM file to trust for https targets")
+    parser.add_argument("--target", action="append", required=True, help="NAME=URL[,CAFILE]")
     parser.add_argument("--interval", type=float, default=0.02, help="pause between requests (s)")
     args = parser.parse_args()
-    context = ssl.create_default_context(cafile=args.cacert) if args.cacert else ssl.create_default_context()
     targets = []
     for spec in args.target:
-        name, sep, url = spec.partition("=")
+        name, sep, rest = spec.partition("=")
+        url, _, cafile = rest.partition(",")
         if not sep or not url.startswith(("http://", "https://")):
-            parser.error(f"--target {spec!r}: expected NAME=http(s)://HOST:PORT/PATH")
+            parser.error(f"--target {spec!r}: expected NAME=http(s)://HOST:PORT/PATH[,CAFILE]")
+        # One context per target: two gateways' development certificates can share a
+        # subject name, and one trust store holding both picks the wrong one.
+        context = ssl.create_default_context(cafile=cafile or None)
         targets.append(Target(name, url, context))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
