@@ -40,16 +40,6 @@ expect() { # what actual
   fi
   printf '   ok: %s = %s\n' "$1" "$3"
 }
-# retry SECONDS CMD...: runs CMD until it succeeds (CMD is run anew each time: give
-# it a function, not an expanded "$(...)").
-retry() {
-  local until=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$until" ] || return 1
-    sleep 0.5
-  done
-}
 
 # Undo what an interrupted earlier tour may have left behind.
 [ "$(ctl service get web -o json 2>/dev/null | json_get protocol)" = http ] ||
@@ -99,7 +89,7 @@ echo "read, and the control plane warns that the selector contradicts what the a
 show ctl service set-protocol web http2
 code() { gw_curl eu https web.localhost /tour -o /dev/null -w '%{http_code}'; }
 code_is() { [ "$(code)" = "$1" ]; }
-retry 10 code_is 502 || die "the app still answered after set-protocol http2"
+eventually 10 code_is 502 || die "the app still answered after set-protocol http2"
 gw_curl eu https web.localhost /tour -D - -o /dev/null | grep -i -E '^(HTTP|weft-error-code)'
 echo '$ ctl service get web   (warnings go to stderr)'
 out=$(ctl service get web 2>&1)
@@ -107,7 +97,7 @@ echo "$out"
 grep -q '^warning: declared http2, app behind .* speaks http/1.1' <<<"$out" ||
   die "weftctl service get web shows no mismatch warning"
 show ctl service set-protocol web http
-retry 10 code_is 200 || die "the app did not answer again after set-protocol http"
+eventually 10 code_is 200 || die "the app did not answer again after set-protocol http"
 expect "status after set-protocol http" 200 "$(code)"
 next
 
@@ -115,11 +105,11 @@ step "5. Failover: the eu web app stops, us answers, eu comes back"
 show docker stop weft-eu-web-app
 app() { gw_curl eu https web.localhost /tour | json_get app; }
 app_is() { [ "$(app)" = "$1" ]; }
-retry 15 app_is us-web || die "requests did not fail over to us"
+eventually 15 app_is us-web || die "requests did not fail over to us"
 expect "app that answered" us-web "$(app)"
 show docker start weft-eu-web-app
 echo "(the eu endpoint was ejected after refusing; it is tried again after a while)"
-retry 60 app_is eu-web || die "requests did not come back to eu"
+eventually 60 app_is eu-web || die "requests did not come back to eu"
 expect "app that answered" eu-web "$(app)"
 
 printf '\nThe tour is over. compose/down.sh removes the demo.\n'

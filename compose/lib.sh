@@ -63,3 +63,14 @@ for k in sys.argv[1:]:
     v = v[int(k)] if isinstance(v, list) else (v or {}).get(k)
 print("" if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else v))' "$@"
 }
+
+# eventually SECONDS CMD...: runs CMD (anew each time: give it a function, not an
+# expanded "$(...)") until it succeeds; fails after SECONDS.
+eventually() {
+  local until=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$until" ] || return 1
+    sleep 0.5
+  done
+}

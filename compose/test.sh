@@ -87,14 +87,6 @@ PY
 # Answered-by checks through a gateway.
 app_of() { gw_curl "$1" https "$2" /test | json_get app; }
 app_is() { [ "$(app_of "$1" "$2" 2>/dev/null)" = "$3" ]; }
-eventually() { # SECONDS CMD...
-  local until=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$until" ] || return 1
-    sleep 0.5
-  done
-}
 grpc_us() {
   python3 "$repo_root/tests/py/grpc_client.py" --target "127.0.0.1:$(https_port eu)" \
     --tls-ca "$run_dir/eu-gateway.pem" --server-name grpc-us.localhost \

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use weft_proto::v1::DataplaneKind;
 use weft_tests::{
-    App, ControlPlane, Proc, Sidecar, bin, client_sidecar, curl_json, eventually, free_port,
-    http_get,
+    ControlPlane, Proc, bin, client_sidecar, curl_json, deploy, eventually, free_port, http_get,
 };
 
 async fn ingress_metric(admin: SocketAddr, result: &str) -> u64 {
@@ -64,17 +63,8 @@ async fn start_ingress(cp: &ControlPlane, region: &str) -> Ingress {
 #[tokio::test]
 async fn other_regions_go_through_the_ingress_by_sni() {
     let cp = ControlPlane::start(&[]).await;
-    cp.weftctl_ok(&[
-        "service",
-        "create",
-        "web",
-        "--protocol",
-        "http",
-        "--port",
-        "18980",
-    ]);
-    let us = App::start("h1", "us").await;
-    let _sus = Sidecar::start(&cp, "web", us.addr, "us").await;
+    // The only endpoint of web is in region us.
+    let _us = deploy(&cp, "web", "http", 18980, "h1", "us").await;
 
     let (_ingress, listen, admin) = start_ingress(&cp, "us").await;
     let (_c, client) = client_sidecar(&cp).await; // region eu
@@ -94,7 +84,7 @@ async fn other_regions_go_through_the_ingress_by_sni() {
             "--http2-prior-knowledge",
             &format!("http://{}/x", client.outbound(18980)),
         ]);
-        assert_eq!(json["app"], "us");
+        assert_eq!(json["app"], "web");
         assert_eq!(
             json["version"], "HTTP/1.1",
             "translated at the last hop, past the ingress"
@@ -127,17 +117,8 @@ async fn other_regions_go_through_the_ingress_by_sni() {
 #[tokio::test]
 async fn callers_leave_through_their_own_regions_ingress() {
     let cp = ControlPlane::start(&[]).await;
-    cp.weftctl_ok(&[
-        "service",
-        "create",
-        "web",
-        "--protocol",
-        "http",
-        "--port",
-        "18981",
-    ]);
-    let us = App::start("h1", "us").await;
-    let _sus = Sidecar::start(&cp, "web", us.addr, "us").await;
+    // The only endpoint of web is in region us.
+    let _us = deploy(&cp, "web", "http", 18981, "h1", "us").await;
     let (_us_ingress, us_listen, us_admin) = start_ingress(&cp, "us").await;
     let (_eu_ingress, eu_listen, eu_admin) = start_ingress(&cp, "eu").await;
     let (_c, client) = client_sidecar(&cp).await; // region eu
@@ -159,7 +140,7 @@ async fn callers_leave_through_their_own_regions_ingress() {
             "--http2-prior-knowledge",
             &format!("http://{}/x", client.outbound(18981)),
         ]);
-        assert_eq!(json["app"], "us");
+        assert_eq!(json["app"], "web");
         assert_eq!(json["version"], "HTTP/1.1");
     }
     assert!(
