@@ -104,7 +104,13 @@ impl Upstreams {
     ) -> Result<Upstream, (MeshError, String)> {
         let mut tried = Vec::new();
         let mut last = String::new();
-        let replay = Replay::of(&req);
+        // Only behind `http` can an endpoint say "nothing reached my app" (see below);
+        // elsewhere, keeping a copy would be a wasted allocation per request.
+        let replay = if config.protocol_of(service) == "http" {
+            Replay::of(&req)
+        } else {
+            None
+        };
         // The last "app unavailable" answer, returned if no other endpoint takes it.
         let mut unavailable = None;
         for _ in 0..MAX_ATTEMPTS {
