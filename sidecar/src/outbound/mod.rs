@@ -193,9 +193,13 @@ impl Outbound {
                 break;
             };
             // A sidecar's network may reach only its own region: other regions are
-            // reached through this region's ingress when there is one.
+            // reached through this region's ingress when there is one (looked up only
+            // for those, not on every same-region connection).
             let region = self.balancer.region();
-            let target = Target::for_endpoint(&ep, service, region, config.region_ingress(region));
+            let egress = (ep.region != region)
+                .then(|| config.region_ingress(region))
+                .flatten();
+            let target = Target::for_endpoint(&ep, service, region, egress);
             let inflight = self.balancer.start(&ep.id);
             match self.pool.open(&target).await {
                 Ok(mut tunnel) => {
