@@ -44,7 +44,10 @@ expect() { # what actual
 # Undo what an interrupted earlier tour may have left behind.
 [ "$(ctl service get web -o json 2>/dev/null | json_get protocol)" = http ] ||
   ctl service set-protocol web http >/dev/null
-docker start weft-eu-web-app >/dev/null
+if [ "$(docker inspect -f '{{.State.Running}}' weft-eu-web-app 2>/dev/null)" != true ]; then
+  docker start weft-eu-web-app >/dev/null
+  "$compose_dir/wait-sync.sh" 10 60
+fi
 
 step "1. HTTP/2 over TLS from a public client to an HTTP/1.1 app"
 echo "curl speaks HTTP/2 (ALPN h2) to the eu gateway; inside the mesh the request stays"
