@@ -17,7 +17,7 @@ use prost::Message as _;
 use tokio::sync::{Notify, watch};
 use weft_proto::v1::{ConfigUpdate, DataplaneKind, Endpoint, Route, RouteKey, Service};
 
-use crate::store::{ConfigState, Store, Tombstone, TombstoneKind};
+use crate::store::{ConfigState, Store, Tombstone, TombstoneKind, split_route_key};
 
 /// Shortest time between two reloads started by [`ConfigHub::run`].
 const RELOAD_INTERVAL: Duration = Duration::from_millis(100);
@@ -300,7 +300,7 @@ impl Snapshot {
                             part.removed_endpoints.push(t.key.clone());
                         }
                         TombstoneKind::Route if plan.routes => {
-                            let (host, prefix) = t.key.split_once('\n').unwrap_or((&t.key, "/"));
+                            let (host, prefix) = split_route_key(&t.key);
                             let key = RouteKey {
                                 host: host.to_owned(),
                                 path_prefix: prefix.to_owned(),

@@ -5,13 +5,23 @@
 //! revision of the delete. That is what lets the push layer send a dataplane only what
 //! changed since the version it acknowledged, even across control-plane restarts.
 //!
-//! The embedded backend is SQLite ([`sqlite::SqliteStore`]); the trait is what a
-//! PostgreSQL backend for several replicas would implement, without touching callers.
+//! - [`model`]: the records kept, shared by every backend;
+//! - `rules`: what a change checks and when the revision moves, independent of SQL;
+//! - `rows`: rows to records, for every backend;
+//! - [`sqlite`]: the embedded backend ([`sqlite::SqliteStore`]), one file per concern.
 
+pub mod model;
+pub(crate) mod rows;
+pub(crate) mod rules;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use weft_proto::v1::{AppProtocol, DataplaneKind, Protocol, Route, Service};
+use weft_proto::v1::{AppProtocol, Protocol, Route, Service};
+
+pub use model::{
+    CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, StoreMeta,
+    TokenRecord, Tombstone, TombstoneKind, route_key, split_route_key,
+};
 
 /// Why a store operation failed. Messages are written for the operator: they say what
 /// is wrong and what to do, and are passed through to gRPC statuses unchanged.
@@ -25,140 +35,6 @@ pub enum StoreError {
     FailedPrecondition(String),
     #[error("store failure: {0}")]
     Backend(String),
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Backend(e.to_string())
-    }
-}
-
-/// A tombstone: something that existed and was deleted at `revision`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tombstone {
-    pub kind: TombstoneKind,
-    pub key: String,
-    pub revision: u64,
-}
-
-/// What kind of resource a tombstone stands for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TombstoneKind {
-    Service,
-    /// Key is `host\npath_prefix`.
-    Route,
-    /// Key is the dataplane id.
-    Endpoint,
-}
-
-impl TombstoneKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            TombstoneKind::Service => "service",
-            TombstoneKind::Route => "route",
-            TombstoneKind::Endpoint => "endpoint",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "service" => Some(TombstoneKind::Service),
-            "route" => Some(TombstoneKind::Route),
-            "endpoint" => Some(TombstoneKind::Endpoint),
-            _ => None,
-        }
-    }
-}
-
-/// Route tombstone key for `(host, path_prefix)`.
-pub fn route_key(host: &str, path_prefix: &str) -> String {
-    format!("{host}\n{path_prefix}")
-}
-
-/// A registered dataplane as stored (the live part — connected, acks — is in memory).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DataplaneRecord {
-    pub id: String,
-    pub kind: DataplaneKind,
-    pub name: String,
-    pub region: String,
-    pub address: String,
-    pub healthy: bool,
-    pub app_protocol: AppProtocol,
-    pub revision: u64,
-    pub last_seen: i64,
-    pub acked_version: u64,
-    pub cert_expiry: i64,
-}
-
-/// What a dataplane announces in its hello; stored on every (re)connect.
-#[derive(Clone, Debug)]
-pub struct DataplaneRegistration {
-    pub id: String,
-    pub kind: DataplaneKind,
-    pub name: String,
-    pub region: String,
-    pub address: String,
-    pub cert_expiry: i64,
-    pub now: i64,
-}
-
-/// A bootstrap token's metadata (the secret itself is never stored).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenRecord {
-    pub id: String,
-    pub kind: DataplaneKind,
-    pub name: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-    pub revoked_at: i64,
-}
-
-/// A CA root kept by the store. The key is present for roots this control plane can sign with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CaRootRecord {
-    pub sha256: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-    pub signing: bool,
-    pub added_at: i64,
-}
-
-/// When a root signed: what CA rotation needs besides [`CaRootRecord`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CaRootTimes {
-    pub sha256: String,
-    /// When the root stopped signing (unix seconds); 0 while it signs, and for a root
-    /// that never signed (the target of a rotation that has not switched yet).
-    pub signing_ended_at: i64,
-}
-
-/// Everything the push layer needs, read in one consistent transaction.
-#[derive(Clone, Debug, Default)]
-pub struct ConfigState {
-    pub revision: u64,
-    pub services: Vec<Service>,
-    pub routes: Vec<Route>,
-    pub dataplanes: Vec<DataplaneRecord>,
-    pub tombstones: Vec<Tombstone>,
-    /// Deltas from a base below this revision cannot be computed (tombstones pruned).
-    pub tombstone_horizon: u64,
-    pub ca_roots: Vec<CaRootRecord>,
-    /// Revision at which the trust bundle last changed.
-    pub bundle_revision: u64,
-}
-
-/// Identity of the store, created once with it.
-#[derive(Clone, Debug)]
-pub struct StoreMeta {
-    /// Random id of this store; dataplanes echo it so a delta is never computed against
-    /// a version that came from another control plane's store.
-    pub control_plane_id: String,
-    pub trust_domain: String,
-    /// Key that signs bootstrap tokens (HMAC-SHA256).
-    pub token_key: Vec<u8>,
-    /// SHA-256 of the admin token.
-    pub admin_token_sha256: Vec<u8>,
 }
 
 /// The control plane's durable state. Every mutating call is atomic: on error nothing
@@ -229,25 +105,4 @@ pub trait Store: Send + Sync + 'static {
 
     /// One consistent read of everything that is pushed to dataplanes.
     async fn config_state(&self) -> Result<ConfigState, StoreError>;
-}
-
-pub(crate) fn protocol_from_i32(v: i64) -> Protocol {
-    i32::try_from(v)
-        .ok()
-        .and_then(|v| Protocol::try_from(v).ok())
-        .unwrap_or(Protocol::Unspecified)
-}
-
-pub(crate) fn kind_from_i32(v: i64) -> DataplaneKind {
-    i32::try_from(v)
-        .ok()
-        .and_then(|v| DataplaneKind::try_from(v).ok())
-        .unwrap_or(DataplaneKind::Unspecified)
-}
-
-pub(crate) fn app_protocol_from_i32(v: i64) -> AppProtocol {
-    i32::try_from(v)
-        .ok()
-        .and_then(|v| AppProtocol::try_from(v).ok())
-        .unwrap_or(AppProtocol::Unknown)
 }

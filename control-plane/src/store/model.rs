@@ -1,0 +1,196 @@
+//! What the store keeps, as plain records shared by every backend.
+//!
+//! Services and routes are the protobuf messages themselves (they are pushed as they are
+//! stored); everything else has a record here. Integers read back from a database are
+//! turned into enums by the `*_from_i64` functions, which map unknown values to the
+//! `Unspecified`/`Unknown` variant rather than failing: a row written by a newer
+//! weft-cp must not make an older one unable to read the whole table.
+
+use weft_proto::v1::{AppProtocol, DataplaneKind, Protocol, Route, Service};
+
+/// A tombstone: something that existed and was deleted at `revision`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    pub kind: TombstoneKind,
+    pub key: String,
+    pub revision: u64,
+}
+
+/// What kind of resource a tombstone stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TombstoneKind {
+    Service,
+    /// Key is [`route_key`]`(host, path_prefix)`.
+    Route,
+    /// Key is the dataplane id.
+    Endpoint,
+}
+
+impl TombstoneKind {
+    /// The name stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TombstoneKind::Service => "service",
+            TombstoneKind::Route => "route",
+            TombstoneKind::Endpoint => "endpoint",
+        }
+    }
+
+    /// The kind named by a `kind` column; `None` for a kind this version does not know.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "service" => Some(TombstoneKind::Service),
+            "route" => Some(TombstoneKind::Route),
+            "endpoint" => Some(TombstoneKind::Endpoint),
+            _ => None,
+        }
+    }
+}
+
+/// Route tombstone key for `(host, path_prefix)`: a newline cannot occur in either.
+pub fn route_key(host: &str, path_prefix: &str) -> String {
+    format!("{host}\n{path_prefix}")
+}
+
+/// `(host, path_prefix)` of a [`route_key`].
+pub fn split_route_key(key: &str) -> (&str, &str) {
+    key.split_once('\n').unwrap_or((key, "/"))
+}
+
+/// A registered dataplane as stored (the live part — connected, acks — is in memory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataplaneRecord {
+    pub id: String,
+    pub kind: DataplaneKind,
+    pub name: String,
+    pub region: String,
+    pub address: String,
+    pub healthy: bool,
+    pub app_protocol: AppProtocol,
+    pub revision: u64,
+    pub last_seen: i64,
+    pub acked_version: u64,
+    pub cert_expiry: i64,
+}
+
+/// What a dataplane announces in its hello; stored on every (re)connect.
+#[derive(Clone, Debug)]
+pub struct DataplaneRegistration {
+    pub id: String,
+    pub kind: DataplaneKind,
+    pub name: String,
+    pub region: String,
+    pub address: String,
+    pub cert_expiry: i64,
+    pub now: i64,
+}
+
+/// A bootstrap token's metadata (the secret itself is never stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub kind: DataplaneKind,
+    pub name: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: i64,
+}
+
+/// A CA root kept by the store. The key is present for roots this control plane can sign with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaRootRecord {
+    pub sha256: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub signing: bool,
+    pub added_at: i64,
+}
+
+/// When a root signed: what CA rotation needs besides [`CaRootRecord`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaRootTimes {
+    pub sha256: String,
+    /// When the root stopped signing (unix seconds); 0 while it signs, and for a root
+    /// that never signed (the target of a rotation that has not switched yet).
+    pub signing_ended_at: i64,
+}
+
+/// Everything the push layer needs, read in one consistent transaction.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigState {
+    pub revision: u64,
+    pub services: Vec<Service>,
+    pub routes: Vec<Route>,
+    pub dataplanes: Vec<DataplaneRecord>,
+    pub tombstones: Vec<Tombstone>,
+    /// Deltas from a base below this revision cannot be computed (tombstones pruned).
+    pub tombstone_horizon: u64,
+    pub ca_roots: Vec<CaRootRecord>,
+    /// Revision at which the trust bundle last changed.
+    pub bundle_revision: u64,
+}
+
+/// Identity of the store, created once with it.
+#[derive(Clone, Debug)]
+pub struct StoreMeta {
+    /// Random id of this store; dataplanes echo it so a delta is never computed against
+    /// a version that came from another control plane's store.
+    pub control_plane_id: String,
+    pub trust_domain: String,
+    /// Key that signs bootstrap tokens (HMAC-SHA256).
+    pub token_key: Vec<u8>,
+    /// SHA-256 of the admin token.
+    pub admin_token_sha256: Vec<u8>,
+}
+
+/// Keys of the `meta` table, in the order of [`StoreMeta::to_pairs`].
+pub const META_KEYS: [&str; 4] = [
+    "control_plane_id",
+    "trust_domain",
+    "token_key",
+    "admin_token_sha256",
+];
+
+impl StoreMeta {
+    /// The `meta` rows that hold this identity, keyed by [`META_KEYS`].
+    pub fn to_pairs(&self) -> [(&'static str, Vec<u8>); 4] {
+        [
+            (META_KEYS[0], self.control_plane_id.as_bytes().to_vec()),
+            (META_KEYS[1], self.trust_domain.as_bytes().to_vec()),
+            (META_KEYS[2], self.token_key.clone()),
+            (META_KEYS[3], self.admin_token_sha256.clone()),
+        ]
+    }
+
+    /// The identity from the values of [`META_KEYS`], if every one is present.
+    pub fn from_values(values: [Option<Vec<u8>>; 4]) -> Option<Self> {
+        let [id, td, key, admin] = values;
+        Some(StoreMeta {
+            control_plane_id: String::from_utf8_lossy(&id?).into_owned(),
+            trust_domain: String::from_utf8_lossy(&td?).into_owned(),
+            token_key: key?,
+            admin_token_sha256: admin?,
+        })
+    }
+}
+
+pub(crate) fn protocol_from_i64(v: i64) -> Protocol {
+    i32::try_from(v)
+        .ok()
+        .and_then(|v| Protocol::try_from(v).ok())
+        .unwrap_or(Protocol::Unspecified)
+}
+
+pub(crate) fn kind_from_i64(v: i64) -> DataplaneKind {
+    i32::try_from(v)
+        .ok()
+        .and_then(|v| DataplaneKind::try_from(v).ok())
+        .unwrap_or(DataplaneKind::Unspecified)
+}
+
+pub(crate) fn app_protocol_from_i64(v: i64) -> AppProtocol {
+    i32::try_from(v)
+        .ok()
+        .and_then(|v| AppProtocol::try_from(v).ok())
+        .unwrap_or(AppProtocol::Unknown)
+}

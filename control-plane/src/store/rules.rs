@@ -1,0 +1,181 @@
+//! What a change does, decided the same way by every backend: which checks refuse it
+//! (with the operator-facing message), when the global revision moves, and how many
+//! tombstones are kept. Backends read what these functions need in their transaction,
+//! ask here, then write.
+//!
+//! Revision rules, restated for every backend:
+//! - every change that a dataplane could see bumps the global revision once, in the
+//!   transaction that makes it, and stamps the changed row with the new value;
+//! - a deletion leaves a tombstone stamped with the revision of the delete; re-creating
+//!   the same key clears it;
+//! - a trust bundle change also records its revision as `bundle_revision`;
+//! - a no-op (same protocol, a dataplane reconnecting unchanged, health already as
+//!   asked) does not bump, so it pushes nothing.
+
+use weft_proto::v1::{AppProtocol, Route};
+
+use super::StoreError;
+use super::model::{DataplaneRecord, DataplaneRegistration};
+
+/// How many tombstones are kept; older ones are pruned and raise the delta horizon.
+pub(crate) const MAX_TOMBSTONES: i64 = 10_000;
+
+/// How many of the oldest tombstones to prune when `count` are stored.
+pub(crate) fn tombstones_to_prune(count: i64) -> Option<i64> {
+    (count > MAX_TOMBSTONES).then_some(count - MAX_TOMBSTONES)
+}
+
+pub(crate) fn service_not_found(name: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "service \"{name}\" does not exist; list services with `weftctl service list` or create it with `weftctl service create {name} --protocol <tcp|http|http2|grpc>`"
+    ))
+}
+
+/// A new service needs a free name, and a port (when it has one) no other service uses:
+/// every sidecar listens on each service port.
+pub(crate) fn check_new_service(
+    name: &str,
+    exists: bool,
+    port: u32,
+    port_owner: Option<String>,
+) -> Result<(), StoreError> {
+    if exists {
+        return Err(StoreError::AlreadyExists(format!(
+            "service \"{name}\" already exists; change its protocol with `weftctl service set-protocol {name} <protocol>` or delete it first"
+        )));
+    }
+    if let Some(owner) = port_owner {
+        return Err(StoreError::AlreadyExists(format!(
+            "port {port} is already used by service \"{owner}\"; every sidecar listens on each service port, so choose another --port"
+        )));
+    }
+    Ok(())
+}
+
+/// A service that gateway routes point at cannot be deleted; `routes` are their
+/// `host + path_prefix`.
+pub(crate) fn check_service_unrouted(name: &str, routes: &[String]) -> Result<(), StoreError> {
+    if routes.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::FailedPrecondition(format!(
+        "service \"{name}\" is the target of gateway routes ({}); delete them first with `weftctl route delete HOST`",
+        routes.join(", ")
+    )))
+}
+
+/// A new route needs an existing target service and a free `(host, path_prefix)`;
+/// `taken_by` is the service of the route already there, if any.
+pub(crate) fn check_new_route(
+    route: &Route,
+    target_exists: bool,
+    taken_by: Option<String>,
+) -> Result<(), StoreError> {
+    if !target_exists {
+        return Err(StoreError::NotFound(format!(
+            "route target service \"{}\" does not exist; create it first with `weftctl service create {} --protocol <tcp|http|http2|grpc>`",
+            route.service, route.service
+        )));
+    }
+    if let Some(service) = taken_by {
+        return Err(StoreError::AlreadyExists(format!(
+            "a route for {}{} already exists (to service \"{service}\"); delete it first with `weftctl route delete {} --path-prefix {}`",
+            route.host, route.path_prefix, route.host, route.path_prefix
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn no_route(host: &str, path_prefix: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "no route for {host}{path_prefix}; list routes with `weftctl route list`"
+    ))
+}
+
+pub(crate) fn no_dataplane(id: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "no dataplane \"{id}\"; list them with `weftctl dataplane list`"
+    ))
+}
+
+pub(crate) fn no_token(id: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "no token with id \"{id}\"; list tokens with `weftctl token list`"
+    ))
+}
+
+fn no_ca_root(sha: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "no CA root with sha256 {sha}; see `weftctl ca show`"
+    ))
+}
+
+/// A root can become the signing one if it exists and its key is here; `key_pem` is
+/// the stored key of root `sha` (`None`: no such root).
+pub(crate) fn check_can_sign(sha: &str, key_pem: Option<&str>) -> Result<(), StoreError> {
+    match key_pem {
+        None => Err(no_ca_root(sha)),
+        Some("") => Err(StoreError::FailedPrecondition(format!(
+            "CA root {sha} has no private key here, so it cannot sign"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Only a root that does not sign can leave the bundle; `signing` is whether root
+/// `sha` signs (`None`: no such root).
+pub(crate) fn check_removable_root(sha: &str, signing: Option<bool>) -> Result<(), StoreError> {
+    match signing {
+        None => Err(no_ca_root(sha)),
+        Some(true) => Err(StoreError::FailedPrecondition(format!(
+            "CA root {sha} is the signing root; rotate to another root before removing it"
+        ))),
+        Some(false) => Ok(()),
+    }
+}
+
+/// What registering a dataplane writes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Registration {
+    /// Nothing other dataplanes see changed: only `last_seen` and `cert_expiry` are
+    /// written, with no revision bump. Holds the record as it is after the write.
+    Refresh(DataplaneRecord),
+    /// New, or changed in what others see (or coming back from unhealthy): the row is
+    /// replaced at a new revision, healthy, and its endpoint tombstone cleared.
+    Replace {
+        /// The app protocol seen before is kept only while the address is the same.
+        app_protocol: AppProtocol,
+        /// The acknowledged version survives re-registration.
+        acked_version: u64,
+    },
+}
+
+/// Decides what registering `reg` over the stored `existing` record writes.
+pub(crate) fn registration(
+    existing: Option<DataplaneRecord>,
+    reg: &DataplaneRegistration,
+) -> Registration {
+    match existing {
+        Some(old)
+            if old.address == reg.address
+                && old.region == reg.region
+                && old.kind == reg.kind
+                && old.name == reg.name
+                && old.healthy =>
+        {
+            Registration::Refresh(DataplaneRecord {
+                last_seen: reg.now,
+                cert_expiry: reg.cert_expiry,
+                ..old
+            })
+        }
+        old => Registration::Replace {
+            app_protocol: old
+                .as_ref()
+                .filter(|o| o.address == reg.address)
+                .map(|o| o.app_protocol)
+                .unwrap_or(AppProtocol::Unknown),
+            acked_version: old.as_ref().map(|o| o.acked_version).unwrap_or(0),
+        },
+    }
+}

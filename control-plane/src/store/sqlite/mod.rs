@@ -1,0 +1,284 @@
+//! SQLite backend: one file under `--data-dir`, WAL journal with `synchronous=FULL`, so a
+//! change the API acknowledged survives `kill -9` and power loss.
+//!
+//! The connection lives behind a mutex and every call runs on the blocking pool: SQLite
+//! work (and its fsync) never stalls the async runtime that carries discovery streams.
+//! The SQL of each concern is in its own file ([`services`], [`dataplanes`], [`tokens`],
+//! [`ca`], [`state`] for revisions, tombstones and the pushed snapshot); the checks and
+//! revision rules they apply are shared with every backend (`store::rules`).
+
+mod ca;
+mod dataplanes;
+mod schema;
+mod services;
+mod state;
+mod tokens;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, Params, Transaction};
+use weft_proto::v1::{AppProtocol, Protocol, Route, Service};
+
+pub use schema::SCHEMA_VERSION;
+
+use super::rows::Columns;
+use super::{
+    CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, Store,
+    StoreError, StoreMeta, TokenRecord,
+};
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    /// SQLite has no boolean type: flags are stored as 0 or 1.
+    fn flag(&self, i: usize) -> Result<bool, StoreError> {
+        Ok(self.get::<_, i64>(i)? != 0)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        Ok(self.get(i)?)
+    }
+}
+
+/// The first row of a query, decoded by `f`.
+fn one<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    f: impl Fn(&dyn Columns) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    rows.next()?.map(|r| f(r)).transpose()
+}
+
+/// Every row of a query, decoded by `f`.
+fn all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    f: impl Fn(&dyn Columns) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(f(r)?);
+    }
+    Ok(out)
+}
+
+/// The embedded SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot open the database {}: {e}; check that --data-dir is writable",
+                path.display()
+            ))
+        })?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+
+    /// Runs `f` inside one IMMEDIATE transaction: all of it is written, or nothing.
+    async fn tx<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Each call is one transaction (or one statement) running a function of the concern's
+/// file on the blocking pool.
+#[async_trait]
+impl Store for SqliteStore {
+    async fn meta_or_init(&self, init: StoreMeta) -> Result<StoreMeta, StoreError> {
+        self.tx(move |tx| state::meta_or_init(tx, init)).await
+    }
+
+    async fn create_service(
+        &self,
+        name: &str,
+        protocol: Protocol,
+        port: u32,
+        now: i64,
+    ) -> Result<Service, StoreError> {
+        let name = name.to_owned();
+        self.tx(move |tx| services::create(tx, &name, protocol, port, now))
+            .await
+    }
+
+    async fn get_service(&self, name: &str) -> Result<Service, StoreError> {
+        let name = name.to_owned();
+        self.with(move |conn| services::get(conn, &name)).await
+    }
+
+    async fn list_services(&self) -> Result<Vec<Service>, StoreError> {
+        self.with(|conn| services::list(conn)).await
+    }
+
+    async fn set_protocol(&self, name: &str, protocol: Protocol) -> Result<Service, StoreError> {
+        let name = name.to_owned();
+        self.tx(move |tx| services::set_protocol(tx, &name, protocol))
+            .await
+    }
+
+    async fn delete_service(&self, name: &str) -> Result<u64, StoreError> {
+        let name = name.to_owned();
+        self.tx(move |tx| services::delete(tx, &name)).await
+    }
+
+    async fn create_route(&self, route: Route) -> Result<Route, StoreError> {
+        self.tx(move |tx| services::create_route(tx, route)).await
+    }
+
+    async fn list_routes(&self) -> Result<Vec<Route>, StoreError> {
+        self.with(|conn| services::list_routes(conn)).await
+    }
+
+    async fn delete_route(&self, host: &str, path_prefix: &str) -> Result<u64, StoreError> {
+        let (host, path_prefix) = (host.to_owned(), path_prefix.to_owned());
+        self.tx(move |tx| services::delete_route(tx, &host, &path_prefix))
+            .await
+    }
+
+    async fn register_dataplane(
+        &self,
+        reg: DataplaneRegistration,
+    ) -> Result<DataplaneRecord, StoreError> {
+        self.tx(move |tx| dataplanes::register(tx, reg)).await
+    }
+
+    async fn set_dataplane_health(
+        &self,
+        id: &str,
+        healthy: bool,
+        app_protocol: Option<AppProtocol>,
+    ) -> Result<Option<DataplaneRecord>, StoreError> {
+        let id = id.to_owned();
+        self.tx(move |tx| dataplanes::set_health(tx, &id, healthy, app_protocol))
+            .await
+    }
+
+    async fn record_dataplane_seen(
+        &self,
+        id: &str,
+        acked_version: u64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.with(move |conn| dataplanes::record_seen(conn, &id, acked_version, now))
+            .await
+    }
+
+    async fn delete_dataplane(&self, id: &str) -> Result<u64, StoreError> {
+        let id = id.to_owned();
+        self.tx(move |tx| dataplanes::delete(tx, &id)).await
+    }
+
+    async fn list_dataplanes(&self) -> Result<Vec<DataplaneRecord>, StoreError> {
+        self.with(|conn| dataplanes::list(conn)).await
+    }
+
+    async fn create_token(&self, token: TokenRecord) -> Result<(), StoreError> {
+        self.tx(move |tx| tokens::create(tx, &token)).await
+    }
+
+    async fn get_token(&self, id: &str) -> Result<TokenRecord, StoreError> {
+        let id = id.to_owned();
+        self.with(move |conn| tokens::get(conn, &id)).await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.with(|conn| tokens::list(conn)).await
+    }
+
+    async fn revoke_token(&self, id: &str, now: i64) -> Result<TokenRecord, StoreError> {
+        let id = id.to_owned();
+        self.tx(move |tx| tokens::revoke(tx, &id, now)).await
+    }
+
+    async fn add_ca_root(&self, root: CaRootRecord) -> Result<u64, StoreError> {
+        self.tx(move |tx| ca::add_root(tx, &root)).await
+    }
+
+    async fn set_signing_root(&self, sha256: &str, now: i64) -> Result<u64, StoreError> {
+        let sha = sha256.to_owned();
+        self.tx(move |tx| ca::set_signing_root(tx, &sha, now)).await
+    }
+
+    async fn remove_ca_root(&self, sha256: &str) -> Result<u64, StoreError> {
+        let sha = sha256.to_owned();
+        self.tx(move |tx| ca::remove_root(tx, &sha)).await
+    }
+
+    async fn ca_root_times(&self) -> Result<Vec<CaRootTimes>, StoreError> {
+        self.with(|conn| ca::root_times(conn)).await
+    }
+
+    async fn config_state(&self) -> Result<ConfigState, StoreError> {
+        self.with(|conn| {
+            // A read transaction gives one consistent snapshot under WAL.
+            let tx = conn.transaction()?;
+            let state = state::config_state(&tx)?;
+            tx.commit()?;
+            Ok(state)
+        })
+        .await
+    }
+}
