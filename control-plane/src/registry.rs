@@ -222,8 +222,9 @@ impl Registry {
         self.live.get(id).map(|e| e.clone()).unwrap_or_default()
     }
 
-    /// The proto view of a stored dataplane merged with its live state.
-    pub fn view(&self, rec: &DataplaneRecord, latest: u64) -> weft_proto::v1::Dataplane {
+    /// The proto view of a stored dataplane merged with its live state. The latest
+    /// version relevant to it is the caller's to fill in (see the admin API).
+    pub fn view(&self, rec: &DataplaneRecord) -> weft_proto::v1::Dataplane {
         let live = self.live(&rec.id);
         weft_proto::v1::Dataplane {
             id: rec.id.clone(),
@@ -235,7 +236,7 @@ impl Registry {
             healthy: rec.healthy,
             acked_version: live.acked_version.max(rec.acked_version),
             sent_version: live.sent_version,
-            latest_version: latest,
+            latest_version: 0,
             nacked_version: live.nacked_version,
             nack_error: live.nack_error,
             cert_expiry: if live.cert_expiry != 0 {

@@ -407,3 +407,54 @@ async fn a_large_update_comes_in_small_parts_to_dataplanes_that_ask() {
     assert_eq!(delta[0].services[0].protocol, Protocol::Http2 as i32);
     drop(whole_sub);
 }
+
+/// Routes are not sent to sidecars, so a route change leaves them in sync. A sidecar that
+/// then reconnects without a held version (restarted with no state) gets a full config
+/// stamped with the newest version, and acks it: the listing must show it in sync,
+/// never "acked v11 of v10".
+#[tokio::test]
+async fn an_ack_newer_than_the_last_relevant_change_is_in_sync() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    let token = cp.token_for(DataplaneKind::Sidecar, "web").await;
+    let id = DataplaneIdentity::bootstrap(&cp.url(), &token).await;
+    let hello = sidecar_hello("web", "eu", "127.0.0.1:25030");
+    let dp_id = "service/web/127.0.0.1:25030";
+    let mut sub = Subscriber::connect(id.channel.clone(), hello.clone())
+        .await
+        .unwrap();
+    let first = sub.next_update(WAIT).await;
+    sub.ack(first.version).await;
+    eventually(WAIT, || async {
+        (dataplane(&cp, dp_id).await.acked_version == first.version).then_some(())
+    })
+    .await;
+    drop(sub);
+
+    cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
+    let mut sub = Subscriber::connect(id.channel.clone(), hello)
+        .await
+        .unwrap();
+    let full = sub.next_update(WAIT).await;
+    assert!(full.full);
+    sub.ack(full.version).await;
+    let dp = eventually(WAIT, || async {
+        let dp = dataplane(&cp, dp_id).await;
+        (dp.acked_version == full.version).then_some(dp)
+    })
+    .await;
+    assert!(
+        dp.acked_version <= dp.latest_version,
+        "acked v{} of v{}",
+        dp.acked_version,
+        dp.latest_version
+    );
+    let list = cp.weftctl_ok(&["dataplane", "list", "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|d| d["id"] == dp_id))
+        .unwrap_or_else(|| panic!("{dp_id} missing from {list}"));
+    assert_eq!(row["in_sync"], true, "{row}");
+    assert_eq!(row["sync"], "in sync", "{row}");
+}

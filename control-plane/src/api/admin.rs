@@ -13,7 +13,7 @@ use weft_proto::v1::*;
 use super::{Shared, status};
 use crate::ca::{CaError, rfc3339};
 use crate::registry::now_unix;
-use crate::store::TokenRecord;
+use crate::store::{DataplaneRecord, TokenRecord};
 use crate::validate;
 
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -145,18 +145,9 @@ impl Admin for AdminService {
     ) -> Result<Response<ServiceDetail>, Status> {
         let name = req.into_inner().name;
         let service = self.shared.store.get_service(&name).await.map_err(status)?;
-        let snap = self.shared.hub.current();
-        let latest = snap.relevant_version(DataplaneKind::Sidecar);
-        let dataplanes: Vec<Dataplane> = self
-            .shared
-            .store
-            .list_dataplanes()
-            .await
-            .map_err(status)?
-            .iter()
-            .filter(|d| d.kind == DataplaneKind::Sidecar && d.name == name)
-            .map(|d| self.shared.registry.view(d, latest))
-            .collect();
+        let dataplanes = self
+            .dataplane_views(|d| d.kind == DataplaneKind::Sidecar && d.name == name)
+            .await?;
         let warnings = mismatch_warnings(&service, &dataplanes);
         Ok(Response::new(ServiceDetail {
             service: Some(service),
@@ -262,20 +253,12 @@ impl Admin for AdminService {
         req: Request<ListDataplanesRequest>,
     ) -> Result<Response<ListDataplanesResponse>, Status> {
         let filter = req.into_inner().name;
-        let snap = self.shared.hub.current();
         let dataplanes = self
-            .shared
-            .store
-            .list_dataplanes()
-            .await
-            .map_err(status)?
-            .iter()
-            .filter(|d| filter.is_empty() || d.name == filter)
-            .map(|d| self.shared.registry.view(d, snap.relevant_version(d.kind)))
-            .collect();
+            .dataplane_views(|d| filter.is_empty() || d.name == filter)
+            .await?;
         Ok(Response::new(ListDataplanesResponse {
             dataplanes,
-            latest_version: snap.version,
+            latest_version: self.shared.hub.current().version,
         }))
     }
 
@@ -284,15 +267,10 @@ impl Admin for AdminService {
         req: Request<GetDataplaneRequest>,
     ) -> Result<Response<Dataplane>, Status> {
         let id = req.into_inner().id;
-        let snap = self.shared.hub.current();
-        self.shared
-            .store
-            .list_dataplanes()
-            .await
-            .map_err(status)?
-            .iter()
-            .find(|d| d.id == id)
-            .map(|d| Response::new(self.shared.registry.view(d, snap.relevant_version(d.kind))))
+        self.dataplane_views(|d| d.id == id)
+            .await?
+            .pop()
+            .map(Response::new)
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "no dataplane \"{id}\"; list them with `weftctl dataplane list`"
@@ -421,6 +399,33 @@ fn ca_status(e: CaError) -> Status {
                 "the CA operation failed: {other}; see the weft-cp log"
             ))
         }
+    }
+}
+
+impl AdminService {
+    /// Stored dataplanes matching `keep`, merged with their live state, each with the
+    /// latest config version relevant to its kind.
+    ///
+    /// The snapshot is read only after every acknowledgement: a dataplane can only ack a
+    /// version the hub published earlier, so "latest" is never older than what it
+    /// acked. A dataplane that took a full config after a change it does not receive
+    /// (a sidecar after a route change) acks a version newer than the last one relevant
+    /// to it; it holds everything relevant, so that ack counts as the latest.
+    async fn dataplane_views(
+        &self,
+        keep: impl Fn(&DataplaneRecord) -> bool,
+    ) -> Result<Vec<Dataplane>, Status> {
+        let records = self.shared.store.list_dataplanes().await.map_err(status)?;
+        let mut views: Vec<Dataplane> = records
+            .iter()
+            .filter(|d| keep(d))
+            .map(|d| self.shared.registry.view(d))
+            .collect();
+        let snap = self.shared.hub.current();
+        for v in &mut views {
+            v.latest_version = snap.relevant_version(v.kind()).max(v.acked_version);
+        }
+        Ok(views)
     }
 }
 
