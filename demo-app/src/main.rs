@@ -2,12 +2,14 @@
 //!
 //! It answers HTTP/1.1, h2c (prior knowledge) or gRPC on one port and reports what it
 //! received (HTTP version, headers, trailers, body size), so a test can assert what
-//! reached the app. See [`http`] for the endpoints, [`ws`] for the WebSocket echo and
-//! [`grpc`] for the `weft.demo.v1.Echo` service.
+//! reached the app. See [`http`] for the endpoints, [`ws`] for the WebSocket echo,
+//! [`grpc`] for the `weft.demo.v1.Echo` service and [`raw`] for the plain TCP mode.
 
 mod body;
 mod grpc;
 mod http;
+mod journal;
+mod raw;
 mod report;
 mod server;
 mod ws;
@@ -31,6 +33,9 @@ pub enum Mode {
     /// gRPC (`weft.demo.v1.Echo` and `grpc.health.v1.Health`) over h2c; other requests on
     /// the port get the HTTP echo.
     Grpc,
+    /// Plain TCP, no HTTP: the app speaks first, then reports what it received once the
+    /// client ends its side (see the `raw` module).
+    Raw,
 }
 
 /// Command line of `weft-demo-app`.

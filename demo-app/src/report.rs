@@ -60,10 +60,14 @@ pub struct Echo<'a> {
 
 /// The body of the `/upload` answer.
 #[derive(Serialize)]
-pub struct Upload {
+pub struct Upload<'a> {
     pub app: String,
     pub version: &'static str,
     pub body_bytes: u64,
+    /// SHA-256 of the body as received, lower-case hex.
+    pub sha256: String,
+    /// Request trailers, read after the body.
+    pub trailers: Headers<'a>,
 }
 
 /// The body of an error answer the app makes itself (bad query, …).

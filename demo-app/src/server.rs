@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tonic::service::Routes;
 
 use crate::body::{BoxError, RespBody};
+use crate::journal::Journal;
 use crate::{Cli, Mode, grpc};
 
 /// How long open connections get to finish after a shutdown signal.
@@ -34,6 +35,7 @@ struct Shared {
     name: String,
     /// The gRPC router, in `grpc` mode only.
     grpc: Option<Routes>,
+    journal: Arc<Journal>,
 }
 
 /// The hyper service of one connection.
@@ -55,7 +57,14 @@ impl hyper::service::Service<Request<Incoming>> for AppService {
                 Some(routes) if grpc::is_grpc(&req) => {
                     grpc::serve(routes.clone(), this.peer, req).await
                 }
-                _ => crate::http::handle(&this.shared.name, this.peer, req).await,
+                _ => {
+                    let ctx = crate::http::Ctx {
+                        app: &this.shared.name,
+                        journal: &this.shared.journal,
+                        peer: this.peer,
+                    };
+                    crate::http::handle(ctx, req).await
+                }
             };
             Ok(resp)
         })
@@ -65,11 +74,12 @@ impl hyper::service::Service<Request<Incoming>> for AppService {
 /// The connection builder of a mode. `h1` and `h2c` use hyper's single-protocol
 /// servers, so a client speaking the other version is refused (an h2 preface sent to
 /// `h1` is answered with an error and the connection closed; an h1 request sent to
-/// `h2c` gets a GOAWAY); `auto` picks per connection by the h2 preface.
+/// `h2c` gets a GOAWAY); `auto` picks per connection by the h2 preface. `raw` is no HTTP.
 enum Protocols {
     H1(http1::Builder),
     H2(http2::Builder<TokioExecutor>),
     Auto(auto::Builder<TokioExecutor>),
+    Raw,
 }
 
 impl Protocols {
@@ -102,6 +112,7 @@ impl Protocols {
                     .initial_connection_window_size(H2_CONN_WINDOW);
                 Protocols::Auto(builder)
             }
+            Mode::Raw => Protocols::Raw,
         }
     }
 }
@@ -137,6 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         name: cli.name.clone(),
         grpc,
+        journal: Arc::default(),
     });
     let protocols = Arc::new(Protocols::for_mode(cli.mode));
     tracing::info!(addr = %local, mode = ?cli.mode, name = %cli.name, "weft-demo-app listening");
@@ -210,6 +222,12 @@ async fn serve_connection(
             let conn = builder.serve_connection_with_upgrades(io, service);
             drive(conn, stop, |conn| conn.graceful_shutdown()).await
         }
+        Protocols::Raw => {
+            // No graceful form: on shutdown the connection is closed with the others.
+            crate::raw::serve(io.into_inner(), &service.shared.name)
+                .await
+                .map_err(|e| e.to_string())
+        }
     };
     match result {
         Ok(()) => tracing::debug!(%peer, "connection closed"),
@@ -241,7 +259,7 @@ where
 
 /// An error and its sources, joined with ": " (hyper's own message is often just
 /// "http2 error").
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -208,6 +208,27 @@ fn raw_exchange(app: &DemoApp, request: &[u8]) -> Vec<u8> {
     raw_exchange_until(app, request, |_| false)
 }
 
+/// SHA-256 of `data`, lower-case hex.
+fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Polls `f` for up to 5 s.
+fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "condition not met within 5 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn strings(v: &Value) -> Vec<&str> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
@@ -485,6 +506,163 @@ mod demo_app {
         // A client that gives up first times out (curl exit 28).
         let out = curl(&["--http1.1", "--max-time", "0.3", &app.url("/sleep?ms=3000")]);
         assert_eq!(out.status.code(), Some(28), "{out:?}");
+    }
+
+    /// The bodies the transparency suite relies on: seeded bytes announced by their
+    /// digest, chunked, HEAD with a length and no body, failing part-way, and the
+    /// journal that tells how each body ended.
+    #[test]
+    fn bytes_variants_and_the_journal() {
+        let app = DemoApp::start("auto");
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("seeded");
+        for flag in ["--http1.1", "--http2-prior-knowledge"] {
+            let out = curl(&[
+                flag,
+                "-D",
+                "-",
+                "-o",
+                file.to_str().unwrap(),
+                &app.url("/bytes?n=300000&seed=9"),
+            ]);
+            assert!(out.status.success(), "{out:?}");
+            let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+            let got = std::fs::read(&file).unwrap();
+            assert_eq!(got.len(), 300_000);
+            let digest = sha256_hex(&got);
+            assert!(
+                head.contains(&format!("x-demo-sha256: {digest}")),
+                "{flag}: {head}"
+            );
+        }
+        let a = h1(&app, "/bytes?n=1000&chunked=1", &[]);
+        assert_eq!(a.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(a.header("content-length"), None);
+        assert_eq!(a.body.len(), 1000);
+        let a = h1(&app, "/bytes?n=55", &["-I"]);
+        assert_eq!(a.header("content-length"), Some("55"));
+        assert!(a.body.is_empty());
+        // Failing part-way: h1 closes short of the length (curl 18), h2 resets (curl 92).
+        for (flag, exit) in [("--http1.1", 18), ("--http2-prior-knowledge", 92)] {
+            let out = curl(&[
+                flag,
+                "-o",
+                "/dev/null",
+                &app.url("/bytes?n=900000&reset_after=1000"),
+            ]);
+            assert_eq!(out.status.code(), Some(exit), "{flag}: {out:?}");
+        }
+        // An early answer leaves the body unread.
+        let a = h1(
+            &app,
+            "/status?code=413&read=0",
+            &["--data-binary", "0123456789"],
+        );
+        assert_eq!(a.status, 413);
+        assert_eq!(a.json()["body_bytes"], 0);
+
+        let events = h1(&app, "/_requests", &[]).json();
+        let of = |path: &str| -> Vec<Value> {
+            events["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["path"] == path)
+                .cloned()
+                .collect()
+        };
+        let seeded = of("/bytes?n=300000&seed=9");
+        assert_eq!(seeded.len(), 2, "{events:#}");
+        assert!(
+            seeded
+                .iter()
+                .all(|e| e["outcome"] == "complete" && e["bytes"] == 300_000)
+        );
+        let failed = of("/bytes?n=900000&reset_after=1000");
+        assert!(
+            failed
+                .iter()
+                .all(|e| e["outcome"] == "failed" && e["bytes"] == 1000),
+            "{events:#}"
+        );
+        assert!(of("/status?code=413&read=0").is_empty(), "{events:#}");
+    }
+
+    /// A request body cut off mid-way is journaled as aborted, with what had arrived.
+    #[test]
+    fn an_aborted_upload_is_journaled() {
+        let app = DemoApp::start("h1");
+        let mut s = TcpStream::connect(("127.0.0.1", app.port)).unwrap();
+        s.write_all(
+            b"POST /upload?cut HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789",
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(s);
+        let a = wait_for(|| {
+            let events = h1(&app, "/_requests", &[]).json();
+            events["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["path"] == "/upload?cut")
+                .cloned()
+        });
+        assert_eq!(a["outcome"], "aborted", "{a}");
+        assert_eq!(a["bytes"], 10, "{a}");
+        assert_eq!(a["body"], "request", "{a}");
+    }
+
+    /// Raw mode: the app speaks first, answers after the client's half-close with what it
+    /// received, and on `send N` sends N bytes, ends its side and still reads.
+    #[test]
+    fn raw_mode_speaks_first_and_honours_half_close() {
+        use std::net::Shutdown;
+        let app = DemoApp::start("raw");
+        let mut s = TcpStream::connect(("127.0.0.1", app.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Nothing sent yet: the banner comes first.
+        let mut banner = [0u8; 27];
+        s.read_exact(&mut banner).unwrap();
+        assert_eq!(&banner, b"weft-demo-app raw demo-raw\n");
+        let payload = vec![42u8; 200_000];
+        s.write_all(&payload).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = String::new();
+        s.read_to_string(&mut rest).unwrap();
+        assert_eq!(
+            rest,
+            format!("received 200000 sha256 {}\n", sha256_hex(&payload))
+        );
+
+        let mut s = TcpStream::connect(("127.0.0.1", app.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"send 100000\n").unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        let text = String::from_utf8_lossy(&got);
+        let (banner, rest) = text.split_once('\n').unwrap();
+        assert_eq!(banner, "weft-demo-app raw demo-raw");
+        let header_end = got[banner.len() + 1..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .unwrap()
+            + banner.len()
+            + 2;
+        let data = &got[header_end..];
+        assert_eq!(data.len(), 100_000, "{rest:.60}");
+        assert_eq!(
+            String::from_utf8_lossy(&got[banner.len() + 1..header_end]),
+            format!("sending 100000 sha256 {}\n", sha256_hex(data))
+        );
+        // The app ended its side; it still reads what the client sends.
+        s.write_all(b"after the app's FIN").unwrap();
+        drop(s);
+        wait_for(|| {
+            app.log_text()
+                .contains("raw: 19 bytes received after the app's FIN")
+                .then_some(())
+        });
     }
 
     // ---- WebSockets ----
