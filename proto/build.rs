@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "weft/v1/admin.proto",
     "weft/v1/discovery.proto",
     "weft/v1/identity.proto",
+    "weft/v1/traffic.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,6 +5,7 @@
 //! - [`registry`]: live dataplane state and health timers;
 //! - [`ca`]: the mesh CA as held by the control plane;
 //! - [`api`]: the gRPC services (admin, discovery, identity);
+//! - [`traffic`]: the rolling window of traffic figures the dataplanes report;
 //! - [`server`]: wiring it all together;
 //! - [`cli`]: the `weftctl` command line.
 #![forbid(unsafe_code)]
@@ -19,4 +20,5 @@ pub mod registry;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod traffic;
 pub mod validate;

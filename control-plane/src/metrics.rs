@@ -23,6 +23,8 @@ pub struct Metrics {
     pub push_to_ack_seconds: Histogram,
     pub certificates: Family<ResultLabel, Counter>,
     pub admin_changes: Counter,
+    pub traffic_reports: Counter,
+    pub traffic_window_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -44,6 +46,8 @@ impl Metrics {
         ]);
         let certificates = Family::<ResultLabel, Counter>::default();
         let admin_changes = Counter::default();
+        let traffic_reports = Counter::default();
+        let traffic_window_bytes = Gauge::default();
         registry.register(
             "discovery_streams",
             "Discovery streams currently open",
@@ -80,6 +84,16 @@ impl Metrics {
             "Committed changes through the admin API",
             admin_changes.clone(),
         );
+        registry.register(
+            "traffic_reports",
+            "Traffic reports received from dataplanes",
+            traffic_reports.clone(),
+        );
+        registry.register(
+            "traffic_window_bytes",
+            "Memory held by the rolling window of traffic figures",
+            traffic_window_bytes.clone(),
+        );
         Metrics {
             registry,
             streams_connected,
@@ -90,6 +104,8 @@ impl Metrics {
             push_to_ack_seconds,
             certificates,
             admin_changes,
+            traffic_reports,
+            traffic_window_bytes,
         }
     }
 

@@ -19,9 +19,10 @@ use crate::api::{
 use crate::ca::{CaManager, write_atomic};
 use crate::hub::ConfigHub;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::{Registry, now_unix};
 use crate::store::{Store, StoreMeta, sqlite::SqliteStore};
 use crate::tls::{ServerTls, incoming};
+use crate::traffic::{BUCKET_SECONDS, TrafficWindow};
 
 /// Lifetime of the control plane's own serving certificate; renewed at 70%.
 const SERVING_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -179,7 +180,22 @@ pub async fn run(
         control_plane_id: meta.control_plane_id.clone(),
         token_key: meta.token_key.clone(),
         cert_ttl: cfg.cert_ttl,
+        traffic: TrafficWindow::new(),
     });
+    {
+        // Forget what left the traffic window even while nobody reads it.
+        let (traffic, metrics) = (shared.traffic.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(BUCKET_SECONDS as u64));
+            loop {
+                tick.tick().await;
+                traffic.prune(now_unix());
+                metrics
+                    .traffic_window_bytes
+                    .set(i64::try_from(traffic.memory_bytes()).unwrap_or(i64::MAX));
+            }
+        });
+    }
 
     let (dns, ips) = serving_names(&cfg);
     let serving = ServerTls::new(serving_config(&ca, &dns, &ips)?);

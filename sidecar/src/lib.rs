@@ -7,6 +7,7 @@
 //! - [`outbound`]: per-service listeners that carry connections into the tunnel;
 //! - [`inbound`]: delivery to the app per protocol selector, translating HTTP versions
 //!   only here, at the last hop;
+//! - [`traffic`]: per-service, per-caller figures reported to the control plane;
 //! - [`run`]: `weft-sidecar run`, wiring it all together.
 #![forbid(unsafe_code)]
 
@@ -21,4 +22,5 @@ pub mod outbound;
 pub mod probe;
 pub mod run;
 pub mod tls;
+pub mod traffic;
 pub mod tunnel;

@@ -1,5 +1,8 @@
-//! Prometheus metrics of a dataplane, served at `/metrics` on the admin port.
+//! Prometheus metrics of a dataplane, served at `/metrics` on the admin port, and the
+//! traffic figures it reports to the control plane ([`crate::traffic`]), fed from the
+//! same recording points.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -8,6 +11,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use weft_proto::v1::TrafficSource;
+
+use crate::traffic::{PairCounters, Traffic};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirLabel {
@@ -52,6 +58,11 @@ pub struct Metrics {
     pub tunnel_pool: Gauge,
     pub cert_expiry: Gauge,
     pub config_version: Gauge,
+    /// Traffic figures reported to the control plane.
+    pub traffic: Arc<Traffic>,
+    /// A sidecar's own service, which its inbound delivers to: requests and spliced
+    /// streams recorded here count as traffic to it from a caller not told apart.
+    local: Option<Arc<PairCounters>>,
 }
 
 impl Default for Metrics {
@@ -71,6 +82,14 @@ fn status_class(status: u16) -> &'static str {
 }
 
 impl Metrics {
+    /// The metrics of a sidecar of `service`: what its inbound delivers is also counted
+    /// as traffic to that service.
+    pub fn for_service(service: &str) -> Self {
+        let mut m = Self::new();
+        m.local = Some(m.traffic.pair(service, TrafficSource::default()));
+        m
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("weft");
         let connections = Family::<ResultLabel, Counter>::default();
@@ -134,6 +153,8 @@ impl Metrics {
             tunnel_pool,
             cert_expiry,
             config_version,
+            traffic: Traffic::new(),
+            local: None,
         }
     }
 
@@ -151,9 +172,13 @@ impl Metrics {
                 status: status_class(status),
             })
             .inc();
+        let elapsed = started.elapsed();
         self.latency
             .get_or_create(&ProtoPair { inbound, outbound })
-            .observe(started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
+        if let Some(local) = &self.local {
+            local.request(status, false, elapsed);
+        }
     }
 
     pub fn record_splice(&self, protocol: &'static str, r: &std::io::Result<(u64, u64)>) {
@@ -164,6 +189,14 @@ impl Metrics {
                     direction: "inbound",
                 })
                 .inc_by(a + b);
+        }
+        if let Some(local) = &self.local {
+            // A spliced stream is one connection; its requests are not seen. `a` went
+            // from the tunnel (the caller) to the app, `b` back.
+            local.connection();
+            if let Ok((a, b)) = r {
+                local.bytes(*a, *b);
+            }
         }
     }
 

@@ -102,7 +102,7 @@ pub async fn run(
     let channel = mtls_channel(&cfg.cp, manager.subscribe())?;
     tokio::spawn(run_renewal(manager.clone(), channel.clone(), state.clone()));
 
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_service(&cfg.service));
     let tls = MeshTls::new(manager.subscribe());
     let pool = TunnelPool::new(tls.clone());
     let balancer = Balancer::new(&cfg.region);
@@ -125,7 +125,7 @@ pub async fn run(
         let cell = outbound_cell.clone();
         Arc::new(move |c| cell.get().map_or(Ok(()), |o| o.validate(c)))
     };
-    let (client, handles) = DiscoveryClient::new(
+    let (mut client, handles) = DiscoveryClient::new(
         channel,
         HelloInfo {
             kind: DataplaneKind::Sidecar,
@@ -145,6 +145,7 @@ pub async fn run(
         metrics.clone(),
     );
     let _ = outbound_cell.set(outbound.clone());
+    client.report_traffic(metrics.traffic.clone());
     tokio::spawn(client.run());
     crate::control::bundle_sync::spawn_bundle_sync(handles.config.clone(), manager.clone());
 

@@ -356,6 +356,35 @@ impl Admin for AdminService {
         Ok(Response::new(token_info(&t)))
     }
 
+    async fn get_traffic_stats(
+        &self,
+        req: Request<GetTrafficStatsRequest>,
+    ) -> Result<Response<TrafficStats>, Status> {
+        let r = req.into_inner();
+        if r.window_seconds > crate::traffic::MAX_WINDOW_SECONDS {
+            return Err(invalid(format!(
+                "window of {} s is longer than the {} s kept; ask for at most {} s",
+                r.window_seconds,
+                crate::traffic::MAX_WINDOW_SECONDS,
+                crate::traffic::MAX_WINDOW_SECONDS
+            )));
+        }
+        let service = (!r.service.is_empty()).then_some(r.service.as_str());
+        if let Some(name) = service {
+            // A service that exists but carried nothing has empty figures; a typo is
+            // an error that says so.
+            self.shared.store.get_service(name).await.map_err(status)?;
+        }
+        let (_, connected) = self.shared.registry.acked_count(0);
+        let stats = self.shared.traffic.stats(
+            service,
+            r.window_seconds,
+            now_unix(),
+            u32::try_from(connected).unwrap_or(u32::MAX),
+        );
+        Ok(Response::new(stats))
+    }
+
     async fn get_ca(&self, _req: Request<GetCaRequest>) -> Result<Response<CaInfo>, Status> {
         Ok(Response::new(self.ca_info()))
     }

@@ -26,6 +26,7 @@ use super::{Shared, auth, status};
 use crate::hub::{Snapshot, UpdateParts};
 use crate::registry::{default_id, now_unix};
 use crate::store::DataplaneRegistration;
+use crate::traffic::Reporting;
 use crate::validate;
 
 /// How long a new stream may take to send its hello.
@@ -99,6 +100,8 @@ impl Drop for Connected {
 struct Session {
     conn: Connected,
     kind: DataplaneKind,
+    /// Service, gateway or ingress name (as on its certificate).
+    name: String,
     /// Encoded size limit of one message (`usize::MAX`: whole updates only).
     part_bytes: usize,
     inbound: Streaming<DiscoveryRequest>,
@@ -211,6 +214,7 @@ impl Discovery for DiscoveryService {
         let session = Session {
             conn: Connected::new(shared, id, generation),
             kind,
+            name: hello.name,
             part_bytes,
             inbound,
             snapshots,
@@ -275,6 +279,17 @@ impl Session {
                     self.check = true;
                 }
                 msg = self.inbound.message() => match msg {
+                    Ok(Some(DiscoveryRequest { message: Some(In::Traffic(report)) })) => {
+                        // Figures only: nothing to send in answer.
+                        let shared = &self.conn.shared;
+                        shared.metrics.traffic_reports.inc();
+                        let from = Reporting {
+                            dataplane_id: &self.conn.id,
+                            kind: self.kind,
+                            name: &self.name,
+                        };
+                        shared.traffic.record(from, &report, now_unix());
+                    }
                     Ok(Some(DiscoveryRequest { message: Some(m) })) => {
                         if let Err(e) = self.handle(m).await {
                             self.ended = true;
@@ -352,6 +367,7 @@ impl Session {
                 let app = AppProtocol::try_from(s.protocol).unwrap_or(AppProtocol::Unknown);
                 shared.registry.app_status(id, app).await;
             }
+            In::Traffic(_) => {} // taken before, in `next_message`
             In::Hello(_) => {
                 return Err(Status::invalid_argument(
                     "Hello may only be sent once, as the first message",

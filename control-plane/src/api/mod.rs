@@ -16,6 +16,7 @@ use crate::hub::ConfigHub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
+use crate::traffic::TrafficWindow;
 
 /// What every service shares.
 pub struct Shared {
@@ -29,6 +30,8 @@ pub struct Shared {
     pub token_key: Vec<u8>,
     /// Lifetime of issued workload certificates.
     pub cert_ttl: Duration,
+    /// Traffic figures reported by the dataplanes connected here.
+    pub traffic: Arc<TrafficWindow>,
 }
 
 /// Store errors keep their operator-facing message; backend failures are logged in full

@@ -75,6 +75,29 @@ pub enum Command {
     /// The mesh certificate authority
     #[command(subcommand)]
     Ca(CaCmd),
+    /// The busiest services, refreshed (req/s, success rate, p50/p99); prints once when
+    /// stdout is not a terminal
+    Top(TopArgs),
+}
+
+/// How far back traffic figures go: 10s to 5m (the window the control plane keeps).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WindowArg {
+    /// Time the figures cover, counted back from now (10s to 5m)
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub window: WindowArg,
+    /// Time between refreshes (at least 1s)
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Services shown, busiest first
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +123,12 @@ pub enum ServiceCmd {
         name: String,
         #[arg(value_name = "tcp|http|http2|grpc")]
         protocol: String,
+    },
+    /// Traffic figures the dataplanes reported: every service, or one with its callers
+    Stats {
+        name: Option<String>,
+        #[command(flatten)]
+        window: WindowArg,
     },
 }
 
@@ -240,6 +269,22 @@ mod tests {
             Ok(Command::Ca(CaCmd::Retire { sha256, force: true })) if sha256 == "ab12"
         ));
         assert!(Cli::try_parse_from(["weftctl", "ca", "retire"]).is_err());
+    }
+
+    #[test]
+    fn traffic_commands_parse() {
+        let cli = Cli::try_parse_from(["weftctl", "service", "stats", "web", "--window", "5m"]);
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Command::Service(ServiceCmd::Stats { name: Some(n), window }))
+                if n == "web" && window.window == Duration::from_secs(300)
+        ));
+        let cli = Cli::try_parse_from(["weftctl", "top"]);
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Command::Top(TopArgs { interval, limit: 20, .. })) if interval == Duration::from_secs(2)
+        ));
+        assert!(Cli::try_parse_from(["weftctl", "top", "--limit", "0"]).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::error::CliError;
 use super::output::{
     Table, duration_text, kind_name, note, now_unix, print, print_json, time_cell,
 };
-use super::views;
+use super::{traffic, views};
 use crate::validate;
 
 /// Parses a protocol selector as users type it.
@@ -45,6 +45,10 @@ pub fn preflight(command: &Command) -> Result<(), CliError> {
             prefer_region: Some(region),
             ..
         }) => validate::region(region, "--prefer-region").map_err(CliError::Usage),
+        Command::Service(ServiceCmd::Stats { window, .. }) => {
+            traffic::window_seconds(*window).map(|_| ())
+        }
+        Command::Top(args) => traffic::check_top(args),
         _ => Ok(()),
     }
 }
@@ -63,6 +67,7 @@ pub async fn execute(
         Command::Dataplane(cmd) => dataplane(client, &out, cmd).await,
         Command::Token(cmd) => token(client, &out, cmd).await,
         Command::Ca(cmd) => ca(client, &out, cmd).await,
+        Command::Top(args) => traffic::top(client, &|s| opts.explain(s), args).await,
     }
 }
 
@@ -233,6 +238,9 @@ async fn service(client: &mut AdminConn, out: &Out<'_>, cmd: ServiceCmd) -> Resu
                 || format!("deleted service {name} (revision {})\n", r.revision),
                 || json!({ "deleted": name, "revision": r.revision }),
             )
+        }
+        ServiceCmd::Stats { name, window } => {
+            traffic::stats(client, &|s| out.opts.explain(s), out.format, name, window).await
         }
         ServiceCmd::SetProtocol { name, protocol } => {
             let request = SetProtocolRequest {

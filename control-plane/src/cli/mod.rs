@@ -2,7 +2,7 @@
 //!
 //! Files, one concern each: [`args`] (syntax), [`options`] (where the URL, token and
 //! CA come from), [`connect`] (the authenticated TLS channel), [`commands`] (what each
-//! command sends), [`views`] and [`output`] (how results print), [`error`] (messages
+//! command sends), [`views`], [`traffic`] and [`output`] (how results print), [`error`] (messages
 //! and exit codes). [`connect::connect_admin`] is reusable by tests and tools.
 
 pub mod args;
@@ -11,6 +11,7 @@ pub mod connect;
 pub mod error;
 pub mod options;
 pub mod output;
+pub mod traffic;
 pub mod views;
 
 use std::path::Path;

@@ -1,10 +1,11 @@
 //! The discovery stream, from the dataplane's side: say hello with the version held,
 //! apply each update to a copy, check it, save it, publish it, then ack; nack what does
 //! not apply. On any break, reconnect with backoff and resume from the held version, so
-//! a control plane that comes back sends only what changed.
+//! a control plane that comes back sends only what changed. Traffic figures go up the
+//! same stream about every 10 s.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,6 +18,7 @@ use weft_proto::v1::{Ack, AppProtocol, AppStatus, DataplaneKind, DiscoveryReques
 use super::config::{ApplyError, MeshConfig, UpdateAssembler};
 use super::state_dir::StateDir;
 use super::status_line;
+use crate::traffic::{REPORT_INTERVAL, Traffic};
 
 /// Extra checks a dataplane runs on a candidate config before acking it (e.g. that it
 /// can bind every outbound port). An error nacks the update.
@@ -41,6 +43,9 @@ pub struct DiscoveryClient {
     config: watch::Sender<Arc<MeshConfig>>,
     app_status: watch::Receiver<AppProtocol>,
     connected: watch::Sender<bool>,
+    /// Figures reported on the stream, and when the previous report was taken.
+    traffic: Option<Arc<Traffic>>,
+    last_report: Instant,
 }
 
 /// Handles to what the client publishes.
@@ -90,6 +95,8 @@ impl DiscoveryClient {
                 config,
                 app_status,
                 connected,
+                traffic: None,
+                last_report: Instant::now(),
             },
             DiscoveryHandles {
                 config: config_rx,
@@ -97,6 +104,28 @@ impl DiscoveryClient {
                 app_status: app_tx,
             },
         )
+    }
+
+    /// Reports `traffic` on the stream every [`REPORT_INTERVAL`].
+    pub fn report_traffic(&mut self, traffic: Arc<Traffic>) {
+        self.traffic = Some(traffic);
+    }
+
+    /// Sends what was carried since the previous report, if anything.
+    fn send_report(&mut self, tx: &mpsc::Sender<DiscoveryRequest>) {
+        let Some(traffic) = &self.traffic else {
+            return;
+        };
+        let now = Instant::now();
+        let interval = now.duration_since(self.last_report);
+        self.last_report = now;
+        if let Some(report) = traffic.report(interval) {
+            // A full channel means the stream is stuck: the report is dropped rather
+            // than made to wait in front of the next ack.
+            let _ = tx.try_send(DiscoveryRequest {
+                message: Some(Out::Traffic(report)),
+            });
+        }
     }
 
     /// Runs until the process ends.
@@ -155,6 +184,11 @@ impl DiscoveryClient {
             let _ = tx.send(app_status(app)).await;
         }
         let mut app_status_open = true;
+        let mut report = tokio::time::interval_at(
+            tokio::time::Instant::now() + REPORT_INTERVAL,
+            REPORT_INTERVAL,
+        );
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let request = tonic::Request::new(ReceiverStream::new(rx));
         let mut parts = UpdateAssembler::default();
         let mut inbound = match RawClient::new(self.channel.clone()).stream(request).await {
@@ -207,6 +241,7 @@ impl DiscoveryClient {
                         return End::Retry("stream closed".into());
                     }
                 }
+                _ = report.tick(), if self.traffic.is_some() => self.send_report(&tx),
                 changed = self.app_status.changed(), if app_status_open => {
                     if changed.is_ok() {
                         let app = *self.app_status.borrow_and_update();
