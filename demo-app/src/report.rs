@@ -54,6 +54,8 @@ pub struct Echo<'a> {
     pub peer: String,
     pub headers: Headers<'a>,
     pub body_bytes: u64,
+    /// SHA-256 of the body as received, lower-case hex.
+    pub sha256: String,
     /// Request trailers, read after the body.
     pub trailers: Headers<'a>,
 }

@@ -684,6 +684,15 @@ pub fn curl_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("curl {args:?}: not JSON ({e}): {out}"))
 }
 
+/// SHA-256 of `data`, lower-case hex (what the demo app reports).
+pub fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// How to install the Python clients' packages.
 pub const PIP_INSTALL: &str = "python3 -m pip install -r tests/py/requirements.txt";
 

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_tests::{bin, free_port, py, py_ok};
+use weft_tests::{bin, free_port, py, py_ok, sha256_hex};
 
 /// A running `weft-demo-app`, killed when dropped.
 struct DemoApp {
@@ -206,15 +206,6 @@ fn raw_exchange_until(app: &DemoApp, request: &[u8], enough: impl Fn(&[u8]) -> b
 /// [`raw_exchange_until`] the peer closes.
 fn raw_exchange(app: &DemoApp, request: &[u8]) -> Vec<u8> {
     raw_exchange_until(app, request, |_| false)
-}
-
-/// SHA-256 of `data`, lower-case hex.
-fn sha256_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Polls `f` for up to 5 s.
@@ -542,6 +533,14 @@ mod demo_app {
         let a = h1(&app, "/bytes?n=55", &["-I"]);
         assert_eq!(a.header("content-length"), Some("55"));
         assert!(a.body.is_empty());
+        // The echo reports the SHA-256 of what it read.
+        let j = h2(&app, "/echo", &["--data-binary", "hello"]).json();
+        assert_eq!(j["sha256"], sha256_hex(b"hello"));
+        // Trailers, declared in a Trailer header or not (as h2 servers usually send them).
+        let declared = h2(&app, "/trailers", &[]);
+        assert_eq!(declared.header("trailer"), Some("x-demo-trailer"));
+        let undeclared = h2(&app, "/trailers?declare=0", &[]);
+        assert_eq!(undeclared.header("trailer"), None);
         // Failing part-way: h1 closes short of the length (curl 18), h2 resets (curl 92).
         for (flag, exit) in [("--http1.1", 18), ("--http2-prior-knowledge", 92)] {
             let out = curl(&[
@@ -586,6 +585,11 @@ mod demo_app {
             "{events:#}"
         );
         assert!(of("/status?code=413&read=0").is_empty(), "{events:#}");
+        let head = of("/bytes?n=55");
+        assert!(
+            head.len() == 1 && head[0]["method"] == "HEAD" && head[0]["bytes"] == 0,
+            "{events:#}"
+        );
     }
 
     /// A request body cut off mid-way is journaled as aborted, with what had arrived.
