@@ -32,6 +32,7 @@ use weft_certs::{
 
 use crate::hub::ConfigHub;
 use crate::registry::{Registry, now_unix};
+use crate::secret::{SecretError, SecretKey, is_sealed};
 use crate::store::{CaRootRecord, CaRootTimes, Store};
 
 /// Why the CA could not be set up. Each says what to do.
@@ -55,6 +56,12 @@ pub enum CaError {
     Precondition(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Secret(#[from] SecretError),
+    #[error(
+        "the CA key in the store is encrypted; pass --ca-key-secret FILE with the secret it was sealed with"
+    )]
+    SecretNeeded,
 }
 
 fn cert_err(e: impl std::fmt::Display) -> CaError {
@@ -113,6 +120,8 @@ pub struct CaManager {
     /// Serialises rotation steps: begin, switch and retire each read the state, then
     /// write the store, and must not interleave (e.g. two rotations begun at once).
     rotation: Mutex<()>,
+    /// `--ca-key-secret`: CA keys are stored sealed with it.
+    secret: Option<Arc<SecretKey>>,
 }
 
 /// Writes `contents` to `path` atomically (temp file + rename) with the given mode.
@@ -145,8 +154,12 @@ impl CaManager {
         trust_domain: TrustDomain,
         data_dir: &Path,
         files: Option<(PathBuf, PathBuf)>,
+        secret: Option<Arc<SecretKey>>,
     ) -> Result<Arc<Self>, CaError> {
         let roots = store.config_state().await?.ca_roots;
+        let stored_key = |ca: &CertificateAuthority| -> Result<String, CaError> {
+            stored_key(secret.as_deref(), &ca.sha256_hex(), ca.key_pem())
+        };
         let given = match &files {
             Some((cert, key)) => {
                 let read = |p: &PathBuf| {
@@ -169,7 +182,7 @@ impl CaManager {
                 .add_ca_root(CaRootRecord {
                     sha256: ca.sha256_hex(),
                     cert_pem: ca.cert_pem().to_owned(),
-                    key_pem: ca.key_pem().to_owned(),
+                    key_pem: stored_key(&ca)?,
                     signing: true,
                     added_at: now_unix(),
                 })
@@ -188,19 +201,25 @@ impl CaManager {
                 });
             }
         }
-        let (state, _) = watch::channel(Arc::new(Self::load_state(&store).await?));
+        seal_plain_keys(&store, secret.as_deref(), &roots).await?;
+        let (state, _) =
+            watch::channel(Arc::new(Self::load_state(&store, secret.as_deref()).await?));
         let mgr = Arc::new(CaManager {
             store: store.clone(),
             trust_domain,
             data_dir: data_dir.to_owned(),
             state,
             rotation: Mutex::new(()),
+            secret,
         });
         mgr.write_bundle_file()?;
         Ok(mgr)
     }
 
-    async fn load_state(store: &Arc<dyn Store>) -> Result<CaState, CaError> {
+    async fn load_state(
+        store: &Arc<dyn Store>,
+        secret: Option<&SecretKey>,
+    ) -> Result<CaState, CaError> {
         let config = store.config_state().await?;
         let (roots, bundle_revision) = (config.ca_roots, config.bundle_revision);
         let times = store.ca_root_times().await?;
@@ -208,8 +227,9 @@ impl CaManager {
             .iter()
             .find(|r| r.signing)
             .ok_or_else(|| CaError::Cert("the store holds no signing CA root".into()))?;
-        let signing = CertificateAuthority::from_pem(&signing.cert_pem, &signing.key_pem)
-            .map_err(cert_err)?;
+        let key_pem = open_key(secret, signing)?;
+        let signing =
+            CertificateAuthority::from_pem(&signing.cert_pem, &key_pem).map_err(cert_err)?;
         let pem: String = roots
             .iter()
             .map(|r| r.cert_pem.trim_end().to_owned() + "\n")
@@ -227,7 +247,7 @@ impl CaManager {
     /// Re-reads roots from the store (after a rotation step), publishes them and
     /// rewrites ca.pem.
     pub async fn refresh(&self) -> Result<(), CaError> {
-        let state = Self::load_state(&self.store).await?;
+        let state = Self::load_state(&self.store, self.secret.as_deref()).await?;
         self.state.send_replace(Arc::new(state));
         self.write_bundle_file()
     }
@@ -254,7 +274,7 @@ impl CaManager {
             .add_ca_root(CaRootRecord {
                 sha256: sha.clone(),
                 cert_pem: ca.cert_pem().to_owned(),
-                key_pem: ca.key_pem().to_owned(),
+                key_pem: stored_key(self.secret.as_deref(), &sha, ca.key_pem())?,
                 signing: false,
                 added_at: now_unix(),
             })
@@ -352,6 +372,49 @@ impl CaManager {
             .map_err(cert_err)?;
         Identity::from_pem(&issued.chain_pem, &key_pem).map_err(cert_err)
     }
+}
+
+/// A CA key as the store keeps it: sealed for its root when there is a secret.
+fn stored_key(secret: Option<&SecretKey>, sha256: &str, key_pem: &str) -> Result<String, CaError> {
+    Ok(match secret {
+        Some(key) => key.seal(key_pem.as_bytes(), sha256)?,
+        None => key_pem.to_owned(),
+    })
+}
+
+/// The PEM of a root's key, opened with the secret if it is sealed.
+fn open_key(secret: Option<&SecretKey>, root: &CaRootRecord) -> Result<String, CaError> {
+    if !is_sealed(&root.key_pem) {
+        return Ok(root.key_pem.clone());
+    }
+    let key = secret.ok_or(CaError::SecretNeeded)?;
+    let pem = key.open(&root.key_pem, &root.sha256)?;
+    String::from_utf8(pem)
+        .map_err(|_| CaError::Secret(SecretError::Malformed("CA key is not text")))
+}
+
+/// With a secret, seals the keys still stored in the clear (a store from before
+/// `--ca-key-secret` was given); without one, checks that no key needs it.
+async fn seal_plain_keys(
+    store: &Arc<dyn Store>,
+    secret: Option<&SecretKey>,
+    roots: &[CaRootRecord],
+) -> Result<(), CaError> {
+    for root in roots.iter().filter(|r| !r.key_pem.is_empty()) {
+        match (secret, is_sealed(&root.key_pem)) {
+            (Some(key), false) => {
+                let sealed = key.seal(root.key_pem.as_bytes(), &root.sha256)?;
+                store.set_ca_root_key(&root.sha256, &sealed).await?;
+                tracing::info!(sha256 = %root.sha256, "CA key sealed with --ca-key-secret");
+            }
+            (Some(key), true) => {
+                open_key(Some(key), root)?;
+            }
+            (None, true) => return Err(CaError::SecretNeeded),
+            (None, false) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Unix seconds as RFC 3339 (UTC), for messages.

@@ -332,6 +332,11 @@ impl Snapshot {
     pub fn bundle_pem(&self) -> &str {
         &self.bundle_pem
     }
+
+    /// The revision at which the trust bundle last changed.
+    pub fn bundle_revision(&self) -> u64 {
+        self.bundle_revision
+    }
 }
 
 /// What one update contains and how far sending it got.

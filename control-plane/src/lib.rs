@@ -17,6 +17,8 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod registry;
+pub mod replica;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod tls;

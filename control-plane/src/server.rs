@@ -20,7 +20,10 @@ use crate::ca::{CaManager, write_atomic};
 use crate::hub::ConfigHub;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, now_unix};
-use crate::store::{Store, StoreMeta, sqlite::SqliteStore};
+use crate::secret::{self, SecretKey};
+use crate::store::model::META_SECRET_CHECK;
+use crate::store::postgres::PgStore;
+use crate::store::{Store, StoreKind, StoreMeta, sqlite::SqliteStore};
 use crate::tls::{ServerTls, incoming};
 use crate::traffic::{BUCKET_SECONDS, TrafficWindow};
 
@@ -39,6 +42,9 @@ pub struct CpConfig {
     pub ca_files: Option<(PathBuf, PathBuf)>,
     pub grace: Duration,
     pub dataplane_expiry: Duration,
+    pub store: StoreKind,
+    /// `--ca-key-secret`: seals the CA keys (and the admin token) in the store.
+    pub ca_key_secret: Option<PathBuf>,
 }
 
 fn random_hex(n: usize) -> anyhow::Result<String> {
@@ -50,11 +56,33 @@ fn random_hex(n: usize) -> anyhow::Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Opens the backend `--store` names.
+async fn open_backend(cfg: &CpConfig) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &cfg.store {
+        StoreKind::Sqlite => Arc::new(SqliteStore::open(&cfg.data_dir.join("weft.db"))?),
+        StoreKind::Postgres(target) => Arc::new(
+            PgStore::connect((**target).clone())
+                .await
+                .with_context(|| format!("cannot open the store {}", target.shown()))?,
+        ),
+    })
+}
+
+/// The opened store and what start-up learnt about it.
+struct Opened {
+    store: Arc<dyn Store>,
+    meta: StoreMeta,
+    secret: Option<Arc<SecretKey>>,
+    /// This start created the store (a new mesh).
+    created: bool,
+}
+
 /// Opens the store and its identity. On first start, creates the admin token and writes
 /// it to `<data-dir>/admin.token` (0600). The token file is staged before the store
 /// commits and renamed after, so a crash at any point never leaves a store whose admin
-/// token is lost.
-async fn open_store(cfg: &CpConfig) -> anyhow::Result<(Arc<dyn Store>, StoreMeta, bool)> {
+/// token is lost. With `--ca-key-secret` the token is also kept sealed in the store, so
+/// that every replica (and a replica with a new data dir) writes the same admin.token.
+async fn open_store(cfg: &CpConfig) -> anyhow::Result<Opened> {
     let dir = &cfg.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create --data-dir {}", dir.display()))?;
@@ -62,23 +90,46 @@ async fn open_store(cfg: &CpConfig) -> anyhow::Result<(Arc<dyn Store>, StoreMeta
         use std::os::unix::fs::PermissionsExt as _;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
-    let store = SqliteStore::open(&dir.join("weft.db"))?;
+    let secret = match &cfg.ca_key_secret {
+        Some(path) => Some(Arc::new(SecretKey::from_file(path)?)),
+        None => None,
+    };
+    let store = open_backend(cfg).await?;
     let token_path = dir.join("admin.token");
     let staged = dir.join("admin.token.new");
 
     let admin_token = format!("weft-admin-{}", random_hex(24)?);
+    let sealed = |value: &[u8], aad: &str| -> anyhow::Result<Vec<u8>> {
+        Ok(match &secret {
+            Some(key) => key.seal(value, aad)?.into_bytes(),
+            None => Vec::new(),
+        })
+    };
     let init = StoreMeta {
         control_plane_id: random_hex(16)?,
         trust_domain: cfg.trust_domain.clone(),
         token_key: random_hex(32)?.into_bytes(),
         admin_token_sha256: auth::token_sha256(&admin_token),
+        admin_token_sealed: sealed(admin_token.as_bytes(), secret::ADMIN_TOKEN_AAD)?,
+        secret_check: sealed(b"weft", secret::CHECK_AAD)?,
     };
     write_atomic(&staged, format!("{admin_token}\n").as_bytes(), 0o600)?;
     let meta = store.meta_or_init(init.clone()).await?;
     let created = meta.control_plane_id == init.control_plane_id;
+    if let Some(key) = &secret {
+        check_secret(store.as_ref(), &meta, key, &init).await?;
+    }
     if created {
         std::fs::rename(&staged, &token_path)
             .with_context(|| format!("cannot write {}", token_path.display()))?;
+    } else if let (Some(key), false) = (&secret, meta.admin_token_sealed.is_empty()) {
+        // A replica: the token comes from the store.
+        let _ = std::fs::remove_file(&staged);
+        let sealed = String::from_utf8_lossy(&meta.admin_token_sealed).into_owned();
+        let token = key.open(&sealed, secret::ADMIN_TOKEN_AAD)?;
+        let mut contents = token;
+        contents.push(b'\n');
+        write_atomic(&token_path, &contents, 0o600)?;
     } else {
         // Recover a token staged by a first start that crashed before the rename.
         let staged_matches = std::fs::read_to_string(&staged)
@@ -90,7 +141,34 @@ async fn open_store(cfg: &CpConfig) -> anyhow::Result<(Arc<dyn Store>, StoreMeta
             let _ = std::fs::remove_file(&staged);
         }
     }
-    Ok((Arc::new(store), meta, created))
+    Ok(Opened {
+        store,
+        meta,
+        secret,
+        created,
+    })
+}
+
+/// Checks `--ca-key-secret` against the store: a wrong secret stops start-up here, with
+/// a message that says so, instead of failing later on the first signature. A store
+/// used with a secret for the first time records the check value.
+async fn check_secret(
+    store: &dyn Store,
+    meta: &StoreMeta,
+    key: &SecretKey,
+    init: &StoreMeta,
+) -> anyhow::Result<()> {
+    if meta.secret_check.is_empty() {
+        store
+            .put_meta(META_SECRET_CHECK, init.secret_check.clone())
+            .await?;
+        return Ok(());
+    }
+    key.open(
+        &String::from_utf8_lossy(&meta.secret_check),
+        secret::CHECK_AAD,
+    )?;
+    Ok(())
 }
 
 /// SANs of the serving certificate: loopback, the host name, the listen address and
@@ -126,11 +204,16 @@ pub async fn run(
     cfg: CpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (store, meta, created) = open_store(&cfg).await?;
+    let Opened {
+        store,
+        meta,
+        secret,
+        created,
+    } = open_store(&cfg).await?;
     if meta.trust_domain != cfg.trust_domain {
         anyhow::bail!(
-            "the store in {} was created for trust domain \"{}\", not \"{}\"; pass --trust-domain {} (a trust domain cannot change in place)",
-            cfg.data_dir.display(),
+            "the store {} was created for trust domain \"{}\", not \"{}\"; pass --trust-domain {} (a trust domain cannot change in place)",
+            cfg.store.describe(&cfg.data_dir),
             meta.trust_domain,
             cfg.trust_domain,
             meta.trust_domain
@@ -149,10 +232,16 @@ pub async fn run(
         trust_domain,
         &cfg.data_dir,
         cfg.ca_files.clone(),
+        secret,
     )
     .await?;
     hub.reload().await?;
     tokio::spawn(hub.clone().run());
+    if let StoreKind::Postgres(target) = &cfg.store {
+        tokio::spawn(crate::replica::listen(hub.clone(), (**target).clone()));
+        tokio::spawn(crate::replica::poll_revision(hub.clone(), store.clone()));
+        tokio::spawn(crate::replica::follow_ca(hub.clone(), ca.clone()));
+    }
 
     let metrics = Arc::new(Metrics::new());
     {

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod openloop;
+pub mod postgres;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -185,6 +186,12 @@ impl ControlPlane {
     pub async fn restart(&mut self) {
         self.kill9();
         self.spawn().await;
+    }
+
+    /// Starts it again on the same ports and data dir with other extra flags.
+    pub async fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart().await;
     }
 
     /// A raw tonic admin client: TLS verified against ca.pem, bearer token attached.

@@ -185,3 +185,35 @@ async fn renewal_uses_the_current_certificate_instead_of_a_token() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn an_sqlite_store_gets_its_ca_key_sealed_when_a_secret_is_given_and_then_needs_it() {
+    let mut cp = ControlPlane::start(&[]).await;
+    let sha = cp.weftctl_ok(&["ca", "show", "-o", "json"]);
+    let secret = cp.data_dir.parent().unwrap().join("ca-key-secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let secret_arg = secret.display().to_string();
+
+    // The same CA, now sealed: it still signs.
+    cp.restart_with(&["--ca-key-secret", &secret_arg]).await;
+    assert_eq!(cp.weftctl_ok(&["ca", "show", "-o", "json"]), sha);
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    let token = cp.token_for(DataplaneKind::Sidecar, "web").await;
+    let dp = DataplaneIdentity::bootstrap(&cp.url(), &token).await;
+    assert_eq!(
+        dp.manager.current().identity.spiffe_id().to_string(),
+        "spiffe://weft.local/service/web"
+    );
+
+    // Without the secret the key cannot be used: start-up says what to pass.
+    cp.kill9();
+    let out = std::process::Command::new(weft_tests::bin("weft-cp"))
+        .arg("--data-dir")
+        .arg(&cp.data_dir)
+        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("encrypted; pass --ca-key-secret"), "{err}");
+}

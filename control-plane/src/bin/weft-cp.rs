@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use weft_control_plane::server::{CpConfig, run};
+use weft_control_plane::store::StoreKind;
 
 /// The Weft control plane: mesh CA, service registry, and config push to every sidecar.
 #[derive(Parser, Debug)]
@@ -42,6 +43,14 @@ struct Args {
     /// How long a dataplane may be gone before it is forgotten.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     dataplane_expiry: Duration,
+    /// Where state lives: `sqlite` (<data-dir>/weft.db, one weft-cp) or
+    /// postgres://USER@HOST:PORT/DB (shared by every replica).
+    #[arg(long, default_value = "sqlite", value_name = "sqlite|postgres://USER@HOST:PORT/DB", value_parser = StoreKind::parse)]
+    store: StoreKind,
+    /// File with a secret (32 bytes or more) that encrypts the CA key in the store.
+    /// Required with a postgres store; every replica uses the same file.
+    #[arg(long, value_name = "FILE")]
+    ca_key_secret: Option<PathBuf>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -95,6 +104,13 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if matches!(args.store, StoreKind::Postgres(_)) && args.ca_key_secret.is_none() {
+        eprintln!(
+            "error: --store postgres://... needs --ca-key-secret FILE: replicas keep the CA key in a shared database, \
+             encrypted with that secret (make one with `head -c 32 /dev/urandom > FILE` and give every replica the same file)"
+        );
+        return ExitCode::from(2);
+    }
     init_logs(&args.log_format);
     let cfg = CpConfig {
         data_dir: args.data_dir,
@@ -106,6 +122,8 @@ fn main() -> ExitCode {
         ca_files: args.ca_cert.zip(args.ca_key),
         grace: args.grace_period,
         dataplane_expiry: args.dataplane_expiry,
+        store: args.store,
+        ca_key_secret: args.ca_key_secret,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

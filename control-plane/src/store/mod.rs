@@ -11,6 +11,7 @@
 //! - [`sqlite`]: the embedded backend ([`sqlite::SqliteStore`]), one file per concern.
 
 pub mod model;
+pub mod postgres;
 pub(crate) mod rows;
 pub(crate) mod rules;
 pub mod sqlite;
@@ -22,6 +23,36 @@ pub use model::{
     CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, StoreMeta,
     TokenRecord, Tombstone, TombstoneKind, route_key, split_route_key,
 };
+
+/// Which backend `--store` chose.
+#[derive(Clone, Debug)]
+pub enum StoreKind {
+    /// `<data-dir>/weft.db`, for one weft-cp.
+    Sqlite,
+    /// A PostgreSQL database shared by every replica.
+    Postgres(Box<postgres::PgTarget>),
+}
+
+impl StoreKind {
+    /// Parses `--store`: `sqlite`, or a `postgres://USER@HOST:PORT/DB` URL.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "sqlite" {
+            return Ok(StoreKind::Sqlite);
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return postgres::PgTarget::parse(s).map(|t| StoreKind::Postgres(Box::new(t)));
+        }
+        Err("use `sqlite` or a URL like postgres://USER@HOST:PORT/DB".into())
+    }
+
+    /// What `weftctl cp status` shows (no password).
+    pub fn describe(&self, data_dir: &std::path::Path) -> String {
+        match self {
+            StoreKind::Sqlite => format!("sqlite {}", data_dir.join("weft.db").display()),
+            StoreKind::Postgres(t) => t.shown().to_owned(),
+        }
+    }
+}
 
 /// Why a store operation failed. Messages are written for the operator: they say what
 /// is wrong and what to do, and are passed through to gRPC statuses unchanged.
@@ -43,6 +74,12 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// The store's identity; `init` is used only when the store is new.
     async fn meta_or_init(&self, init: StoreMeta) -> Result<StoreMeta, StoreError>;
+    /// Adds or replaces one value of the store's identity (e.g. `secret_check` the
+    /// first time a store is used with `--ca-key-secret`).
+    async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError>;
+
+    /// The latest revision, cheaply: replicas poll it to notice changes they missed.
+    async fn revision(&self) -> Result<u64, StoreError>;
 
     async fn create_service(
         &self,
@@ -100,6 +137,9 @@ pub trait Store: Send + Sync + 'static {
     async fn set_signing_root(&self, sha256: &str, now: i64) -> Result<u64, StoreError>;
     /// When each root stopped signing (see [`CaRootTimes`]), in bundle order.
     async fn ca_root_times(&self) -> Result<Vec<CaRootTimes>, StoreError>;
+    /// Replaces a root's stored key by the same key in another form (sealed with
+    /// `--ca-key-secret`). No revision bump: keys are never pushed.
+    async fn set_ca_root_key(&self, sha256: &str, key_pem: &str) -> Result<(), StoreError>;
     /// Removes a non-signing root from the bundle (bumps the revision).
     async fn remove_ca_root(&self, sha256: &str) -> Result<u64, StoreError>;
 

@@ -141,35 +141,59 @@ pub struct StoreMeta {
     pub token_key: Vec<u8>,
     /// SHA-256 of the admin token.
     pub admin_token_sha256: Vec<u8>,
+    /// The admin token sealed with `--ca-key-secret`, so that every replica can write
+    /// `<data-dir>/admin.token`; empty for stores created without a secret.
+    pub admin_token_sealed: Vec<u8>,
+    /// A value sealed with `--ca-key-secret`, which tells a wrong secret at start-up;
+    /// empty until the store is first used with a secret.
+    pub secret_check: Vec<u8>,
 }
 
-/// Keys of the `meta` table, in the order of [`StoreMeta::to_pairs`].
-pub const META_KEYS: [&str; 4] = [
+/// Keys of the `meta` table, in the order of [`StoreMeta::to_pairs`]; the first four
+/// are present in every store, the others only once they were written.
+pub const META_KEYS: [&str; 6] = [
     "control_plane_id",
     "trust_domain",
     "token_key",
     "admin_token_sha256",
+    "admin_token_sealed",
+    META_SECRET_CHECK,
 ];
 
+/// Key of [`StoreMeta::secret_check`] in the `meta` table.
+pub const META_SECRET_CHECK: &str = "secret_check";
+
 impl StoreMeta {
-    /// The `meta` rows that hold this identity, keyed by [`META_KEYS`].
-    pub fn to_pairs(&self) -> [(&'static str, Vec<u8>); 4] {
-        [
-            (META_KEYS[0], self.control_plane_id.as_bytes().to_vec()),
-            (META_KEYS[1], self.trust_domain.as_bytes().to_vec()),
-            (META_KEYS[2], self.token_key.clone()),
-            (META_KEYS[3], self.admin_token_sha256.clone()),
-        ]
+    /// The `meta` rows that hold this identity, keyed by [`META_KEYS`] (empty optional
+    /// values are left out).
+    pub fn to_pairs(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let values = [
+            self.control_plane_id.as_bytes().to_vec(),
+            self.trust_domain.as_bytes().to_vec(),
+            self.token_key.clone(),
+            self.admin_token_sha256.clone(),
+            self.admin_token_sealed.clone(),
+            self.secret_check.clone(),
+        ];
+        META_KEYS
+            .into_iter()
+            .zip(values)
+            .enumerate()
+            .filter(|(i, (_, v))| *i < 4 || !v.is_empty())
+            .map(|(_, pair)| pair)
+            .collect()
     }
 
-    /// The identity from the values of [`META_KEYS`], if every one is present.
-    pub fn from_values(values: [Option<Vec<u8>>; 4]) -> Option<Self> {
-        let [id, td, key, admin] = values;
+    /// The identity from the values of [`META_KEYS`], if the first four are present.
+    pub fn from_values(values: [Option<Vec<u8>>; 6]) -> Option<Self> {
+        let [id, td, key, admin, sealed, check] = values;
         Some(StoreMeta {
             control_plane_id: String::from_utf8_lossy(&id?).into_owned(),
             trust_domain: String::from_utf8_lossy(&td?).into_owned(),
             token_key: key?,
             admin_token_sha256: admin?,
+            admin_token_sealed: sealed.unwrap_or_default(),
+            secret_check: check.unwrap_or_default(),
         })
     }
 }

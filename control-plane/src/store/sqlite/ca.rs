@@ -50,6 +50,18 @@ pub(super) fn set_signing_root(
     bump_bundle(tx)
 }
 
+pub(super) fn set_root_key(
+    tx: &Transaction<'_>,
+    sha: &str,
+    key_pem: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE ca_roots SET key_pem = ?1 WHERE sha256 = ?2",
+        params![key_pem, sha],
+    )?;
+    Ok(())
+}
+
 pub(super) fn remove_root(tx: &Transaction<'_>, sha: &str) -> Result<u64, StoreError> {
     let signing: Option<bool> = one(
         tx,

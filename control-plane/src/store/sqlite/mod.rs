@@ -151,6 +151,15 @@ impl Store for SqliteStore {
         self.tx(move |tx| state::meta_or_init(tx, init)).await
     }
 
+    async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.tx(move |tx| state::put_meta(tx, &key, &value)).await
+    }
+
+    async fn revision(&self) -> Result<u64, StoreError> {
+        self.with(|conn| state::revision(conn)).await
+    }
+
     async fn create_service(
         &self,
         name: &str,
@@ -260,6 +269,11 @@ impl Store for SqliteStore {
     async fn set_signing_root(&self, sha256: &str, now: i64) -> Result<u64, StoreError> {
         let sha = sha256.to_owned();
         self.tx(move |tx| ca::set_signing_root(tx, &sha, now)).await
+    }
+
+    async fn set_ca_root_key(&self, sha256: &str, key_pem: &str) -> Result<(), StoreError> {
+        let (sha, key) = (sha256.to_owned(), key_pem.to_owned());
+        self.tx(move |tx| ca::set_root_key(tx, &sha, &key)).await
     }
 
     async fn remove_ca_root(&self, sha256: &str) -> Result<u64, StoreError> {

@@ -80,7 +80,7 @@ fn get_meta(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, StoreError>
 
 /// The stored identity, or `init` written as the identity of a new store.
 pub(super) fn meta_or_init(tx: &Transaction<'_>, init: StoreMeta) -> Result<StoreMeta, StoreError> {
-    let mut values: [Option<Vec<u8>>; 4] = Default::default();
+    let mut values: [Option<Vec<u8>>; 6] = Default::default();
     for (value, key) in values.iter_mut().zip(META_KEYS) {
         *value = get_meta(tx, key)?;
     }
@@ -88,12 +88,26 @@ pub(super) fn meta_or_init(tx: &Transaction<'_>, init: StoreMeta) -> Result<Stor
         return Ok(existing);
     }
     for (k, v) in init.to_pairs() {
-        tx.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-            params![k, v],
-        )?;
+        put_meta(tx, k, &v)?;
     }
     Ok(init)
+}
+
+pub(super) fn put_meta(conn: &Connection, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+pub(super) fn revision(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(
+        one(conn, "SELECT revision FROM state WHERE id = 1", [], |r| {
+            r.uint(0)
+        })?
+        .unwrap_or(0),
+    )
 }
 
 /// Everything pushed to dataplanes; the caller runs it in one read transaction.
