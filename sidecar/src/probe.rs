@@ -62,7 +62,7 @@ pub async fn probe(app: SocketAddr) -> AppProtocol {
 pub async fn run(
     app: SocketAddr,
     tx: watch::Sender<AppProtocol>,
-    mut kick: watch::Receiver<String>,
+    mut kick: watch::Receiver<Option<crate::control::config::Selector>>,
     refused: Arc<Notify>,
 ) {
     loop {

@@ -171,7 +171,7 @@ pub async fn run(
     ));
 
     // Follow the config: outbound listeners, readiness, probe on selector change.
-    let (kick_tx, kick_rx) = watch::channel(String::new());
+    let (kick_tx, kick_rx) = watch::channel(None);
     {
         let mut config = handles.config.clone();
         let outbound = outbound.clone();
@@ -184,7 +184,7 @@ pub async fn run(
                     outbound.reconcile(&c);
                     not_ready_tx.send_replace(None);
                     kick_tx.send_if_modified(|sel| {
-                        let now = c.protocol_of(&service).to_owned();
+                        let now = Some(c.protocol_of(&service));
                         (*sel != now).then(|| *sel = now).is_some()
                     });
                 } else {

@@ -8,12 +8,69 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use weft_proto::v1::{ConfigUpdate, Protocol};
 
+/// How the inbound delivers a service's traffic to its app (the protocol selector).
+/// Converted from the proto as a config is applied, so nothing downstream matches on
+/// strings. Serialised as the name users type (`tcp`, `http`, `http2`, `grpc`), which
+/// is also how the state dir and `/config` show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selector {
+    /// Raw bytes, spliced; the app is not HTTP (or the mesh must not parse it).
+    #[default]
+    Tcp,
+    /// An HTTP/1.1 app.
+    Http,
+    /// An h2c (prior knowledge) app.
+    Http2,
+    /// A gRPC app over h2c.
+    Grpc,
+}
+
+impl Selector {
+    /// Whether the app speaks HTTP at all (every selector but `tcp`).
+    pub fn is_http(self) -> bool {
+        self != Selector::Tcp
+    }
+
+    /// Whether the app speaks h2c (`http2`, `grpc`); `http` apps speak HTTP/1.1.
+    pub fn app_speaks_h2(self) -> bool {
+        matches!(self, Selector::Http2 | Selector::Grpc)
+    }
+
+    /// The name users type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Selector::Tcp => "tcp",
+            Selector::Http => "http",
+            Selector::Http2 => "http2",
+            Selector::Grpc => "grpc",
+        }
+    }
+}
+
+impl From<Protocol> for Selector {
+    fn from(p: Protocol) -> Self {
+        match p {
+            Protocol::Unspecified | Protocol::Tcp => Selector::Tcp,
+            Protocol::Http => Selector::Http,
+            Protocol::Http2 => Selector::Http2,
+            Protocol::Grpc => Selector::Grpc,
+        }
+    }
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One service as a dataplane sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEntry {
     pub name: String,
-    /// Selector name: tcp, http, http2 or grpc (unset is held as tcp).
-    pub protocol: String,
+    /// The selector (unset is held as tcp).
+    pub protocol: Selector,
     /// Whether a selector was set at all.
     pub protocol_set: bool,
     /// Outbound port, 0 = none.
@@ -194,7 +251,7 @@ impl MeshConfig {
                 s.name.clone(),
                 ServiceEntry {
                     name: s.name.clone(),
-                    protocol: protocol.selector_name().to_owned(),
+                    protocol: Selector::from(protocol),
                     protocol_set: protocol != Protocol::Unspecified,
                     port,
                 },
@@ -251,11 +308,10 @@ impl MeshConfig {
     }
 
     /// Selector of `service`, `tcp` when unknown or unset.
-    pub fn protocol_of(&self, service: &str) -> &str {
+    pub fn protocol_of(&self, service: &str) -> Selector {
         self.services
             .get(service)
-            .map(|s| s.protocol.as_str())
-            .unwrap_or("tcp")
+            .map_or(Selector::Tcp, |s| s.protocol)
     }
 }
 
@@ -290,7 +346,7 @@ mod tests {
     fn full_then_delta() {
         let c = MeshConfig::default().apply(&full()).unwrap();
         assert_eq!(c.version, 5);
-        assert_eq!(c.protocol_of("web"), "http");
+        assert_eq!(c.protocol_of("web"), Selector::Http);
         let delta = ConfigUpdate {
             version: 7,
             base_version: 5,
@@ -305,7 +361,7 @@ mod tests {
             ..Default::default()
         };
         let d = c.apply(&delta).unwrap();
-        assert_eq!(d.protocol_of("web"), "http2");
+        assert_eq!(d.protocol_of("web"), Selector::Http2);
         assert!(d.endpoints.is_empty());
         // The same delta cannot apply twice: its base is gone.
         assert!(matches!(
@@ -369,6 +425,34 @@ mod tests {
         assert!(asm.push(other).is_err());
         // ...and what was collected is dropped.
         assert_eq!(asm.push(whole.clone()), Ok(Some(whole)));
+    }
+
+    #[test]
+    fn selectors_are_stored_and_shown_by_their_names() {
+        // The state dir and /config keep the names users type, as before the enum.
+        for (sel, name) in [
+            (Selector::Tcp, "tcp"),
+            (Selector::Http, "http"),
+            (Selector::Http2, "http2"),
+            (Selector::Grpc, "grpc"),
+        ] {
+            assert_eq!(serde_json::to_value(sel).unwrap(), name);
+            assert_eq!(
+                serde_json::from_value::<Selector>(name.into()).unwrap(),
+                sel
+            );
+            assert_eq!(sel.to_string(), name);
+        }
+        let unset = ConfigUpdate {
+            services: vec![Service {
+                name: "raw".into(),
+                ..Default::default()
+            }],
+            ..full()
+        };
+        let c = MeshConfig::default().apply(&unset).unwrap();
+        assert_eq!(c.protocol_of("raw"), Selector::Tcp, "unset behaves as tcp");
+        assert_eq!(c.protocol_of("unknown"), Selector::Tcp);
     }
 
     #[test]

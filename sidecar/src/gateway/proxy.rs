@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::access::{AccessRecord, Logged};
 use super::routes;
 use super::upstream::Upstreams;
-use crate::control::config::MeshConfig;
+use crate::control::config::{MeshConfig, Selector};
 use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, full, grpc_to_http_message, is_grpc};
 use crate::inbound::app::MAX_HEADER_BYTES;
 use crate::inbound::{splice, translate, ws};
@@ -285,7 +285,7 @@ impl Gateway {
         }
 
         // Known from the config alone, whatever the state of the endpoints.
-        if grpc && config.protocol_of(&route.service) == "http" {
+        if grpc && config.protocol_of(&route.service) == Selector::Http {
             return fail(MeshError::GrpcToHttp1, grpc_to_http_message(&route.service));
         }
         let prefer_region = Some(route.prefer_region.as_str()).filter(|r| !r.is_empty());
@@ -317,7 +317,7 @@ impl Gateway {
         // translates every response and strips the app's copy, so what arrives here was
         // set by the mesh; behind the other selectors the gateway's HTTP/2 reaches the app
         // untouched, so the app's copy must go here.
-        if config.protocol_of(&route.service) != "http" {
+        if config.protocol_of(&route.service) != Selector::Http {
             rparts.headers.remove(ERROR_CODE_HEADER);
         }
         if !route.rewrite_host.is_empty() {

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::control::config::MeshConfig;
+use crate::control::config::{MeshConfig, Selector};
 use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, full};
 use crate::inbound::app::MAX_HEADER_BYTES;
 use crate::outbound::balance::{Balancer, InFlight};
@@ -29,7 +29,7 @@ const MAX_ATTEMPTS: usize = 3;
 pub struct Upstreams {
     tunnel: Arc<TunnelPool>,
     balancer: Arc<Balancer>,
-    conns: DashMap<String, (String, SendRequest<Body>)>,
+    conns: DashMap<String, (Selector, SendRequest<Body>)>,
     connecting: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
@@ -51,7 +51,7 @@ impl Upstreams {
     }
 
     /// The open connection to endpoint `id` under selector `protocol`, if any.
-    fn pooled(&self, id: &str, protocol: &str) -> Option<SendRequest<Body>> {
+    fn pooled(&self, id: &str, protocol: Selector) -> Option<SendRequest<Body>> {
         self.conns
             .get(id)
             .filter(|c| c.0 == protocol && !c.1.is_closed())
@@ -62,7 +62,7 @@ impl Upstreams {
         &self,
         target: &Target,
         id: &str,
-        protocol: &str,
+        protocol: Selector,
     ) -> Result<SendRequest<Body>, String> {
         if let Some(s) = self.pooled(id, protocol) {
             return Ok(s);
@@ -86,8 +86,7 @@ impl Upstreams {
                 tracing::debug!(error = %e, "inner HTTP/2 connection ended");
             }
         });
-        self.conns
-            .insert(id.to_owned(), (protocol.to_owned(), sender.clone()));
+        self.conns.insert(id.to_owned(), (protocol, sender.clone()));
         Ok(sender)
     }
 
@@ -106,7 +105,7 @@ impl Upstreams {
         let mut last = String::new();
         // Only behind `http` can an endpoint say "nothing reached my app" (see below);
         // elsewhere, keeping a copy would be a wasted allocation per request.
-        let replay = if config.protocol_of(service) == "http" {
+        let replay = if config.protocol_of(service) == Selector::Http {
             Replay::of(&req)
         } else {
             None
@@ -120,10 +119,7 @@ impl Upstreams {
             // The gateway sits on the border (it reaches other regions' ingresses).
             let target = Target::for_endpoint(&ep, service, self.balancer.region(), None);
             let inflight = self.balancer.start(&ep.id);
-            let protocol = config
-                .services
-                .get(service)
-                .map_or("", |s| s.protocol.as_str());
+            let protocol = config.protocol_of(service);
             let mut sender = match self.connection(&target, &ep.id, protocol).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -144,7 +140,7 @@ impl Upstreams {
                     if let Some(again) = replay.as_ref().filter(|_| {
                         // Behind `http` the inbound strips the app's copy of the
                         // header: this one is the sidecar's own.
-                        protocol == "http" && app_unavailable(&response)
+                        protocol == Selector::Http && app_unavailable(&response)
                     }) {
                         tracing::info!(service, endpoint = %ep.address, "the endpoint's app is not accepting connections; trying another");
                         self.balancer.eject(&ep.address);

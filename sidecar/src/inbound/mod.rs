@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::control::config::Selector;
 use crate::metrics::Metrics;
 use app::AppClients;
 
@@ -37,14 +38,14 @@ where
 }
 
 /// Delivers one tunnel stream, already connected to the app, per `selector`.
-pub async fn deliver<T>(selector: &str, mut tunnel: T, mut app: TcpStream, d: Arc<Delivery>)
+pub async fn deliver<T>(selector: Selector, mut tunnel: T, mut app: TcpStream, d: Arc<Delivery>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let app_h2 = match selector {
-        "http" => false,
-        "http2" | "grpc" => true,
-        _ => {
+        Selector::Http => false,
+        Selector::Http2 | Selector::Grpc => true,
+        Selector::Tcp => {
             let r = splice(&mut tunnel, &mut app).await;
             d.metrics.record_splice("tcp", &r);
             return;

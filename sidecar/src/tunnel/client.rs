@@ -91,6 +91,31 @@ impl Target {
     }
 }
 
+/// Which pooled connection a target uses: through an ingress one address leads to many
+/// peers, which the SNI tells apart, and the identity the peer must hold is part of it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub address: String,
+    pub sni: String,
+    pub identity: String,
+}
+
+impl PeerKey {
+    pub fn of(target: &Target) -> Self {
+        PeerKey {
+            address: target.address.clone(),
+            sni: target.sni.clone(),
+            identity: target.identity.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (sni {}, {})", self.address, self.sni, self.identity)
+    }
+}
+
 type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Bytes>>>>;
 
 /// Whether a pooled connection can still open streams: a dead connection's `ready`
@@ -103,7 +128,7 @@ fn alive(s: &SendRequest<Bytes>) -> bool {
 /// Pooled HTTP/2 connections to peers.
 pub struct TunnelPool {
     tls: Arc<MeshTls>,
-    conns: DashMap<(String, String), Slot>,
+    conns: DashMap<PeerKey, Slot>,
 }
 
 impl TunnelPool {
@@ -122,19 +147,12 @@ impl TunnelPool {
     /// Drops pooled connections to peers no longer in `keep` (address set); their
     /// connections close once their open streams finish.
     pub fn retain_addresses(&self, keep: &std::collections::HashSet<String>) {
-        self.conns.retain(|(key, _), _| {
-            key.split_once('#')
-                .is_some_and(|(addr, _)| keep.contains(addr))
-        });
+        self.conns.retain(|key, _| keep.contains(&key.address));
     }
 
     /// Opens a CONNECT stream to `target`.
     pub async fn open(self: &Arc<Self>, target: &Target) -> Result<H2Io, TunnelError> {
-        // Through an ingress one address leads to many peers: the SNI tells them apart.
-        let key = (
-            format!("{}#{}", target.address, target.sni),
-            target.identity.clone(),
-        );
+        let key = PeerKey::of(target);
         let slot = self.conns.entry(key.clone()).or_default().clone();
         let mut sender = {
             let mut guard = slot.lock().await;
@@ -176,7 +194,7 @@ impl TunnelPool {
     async fn connect(
         self: &Arc<Self>,
         target: &Target,
-        key: (String, String),
+        key: PeerKey,
         slot: Slot,
     ) -> Result<SendRequest<Bytes>, TunnelError> {
         let addr = target.address.clone();
@@ -240,11 +258,11 @@ impl TunnelPool {
             tokio::select! {
                 r = &mut conn => {
                     if let Err(e) = r {
-                        tracing::debug!(peer = %key.0, error = %e, "tunnel connection ended");
+                        tracing::debug!(peer = %key, error = %e, "tunnel connection ended");
                     }
                 }
                 Ok(()) = &mut dead_rx => {
-                    tracing::warn!(peer = %key.0, "tunnel peer stopped answering pings; closing");
+                    tracing::warn!(peer = %key, "tunnel peer stopped answering pings; closing");
                 }
             }
             // Forget this connection unless a newer one already replaced it.

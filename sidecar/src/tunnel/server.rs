@@ -161,11 +161,7 @@ async fn stream(
         return;
     }
     // New connections use the selector in force now; open ones keep theirs.
-    let selector = inbound
-        .config
-        .borrow()
-        .protocol_of(&inbound.service)
-        .to_owned();
+    let selector = inbound.config.borrow().protocol_of(&inbound.service);
     let app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(inbound.app)).await {
         Ok(Ok(app)) => app,
         Ok(Err(e)) => {
@@ -185,5 +181,5 @@ async fn stream(
         Err(_) => return,
     };
     let io = H2Io::new(send, req.into_body());
-    deliver(&selector, io, app, inbound.delivery.clone()).await;
+    deliver(selector, io, app, inbound.delivery.clone()).await;
 }
