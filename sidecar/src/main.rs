@@ -52,6 +52,12 @@ struct IngressArgs {
     /// Keeps the certificate and last good config across restarts.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Open connections allowed at once; more are closed at once.
+    #[arg(long, default_value_t = weft_sidecar::serve::DEFAULT_MAX_CONNECTIONS, value_parser = parse_count)]
+    max_connections: usize,
+    /// How long spliced connections may take to finish at shutdown (SIGTERM).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -92,9 +98,16 @@ struct GatewayArgs {
     /// Time allowed for an upstream's response headers (gRPC and WebSockets excepted).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     upstream_timeout: Duration,
-    /// Client connections without traffic in either direction for this long are closed.
+    /// Client connections without a request in progress for this long are closed
+    /// (GOAWAY first on HTTP/2), and WebSockets without traffic either way.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// Open client connections allowed per listener; more are closed at once.
+    #[arg(long, default_value_t = weft_sidecar::serve::DEFAULT_MAX_CONNECTIONS, value_parser = parse_count)]
+    max_connections: usize,
+    /// How long open connections may take to finish at shutdown (SIGTERM).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -133,10 +146,20 @@ struct RunArgs {
     /// How long in-flight connections may take to finish at shutdown.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Open connections allowed on the inbound port; more are closed at once.
+    #[arg(long, default_value_t = weft_sidecar::serve::DEFAULT_MAX_CONNECTIONS, value_parser = parse_count)]
+    max_connections: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}: use a duration like 10s or 1m"))
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive number: use e.g. 10000")),
+    }
 }
 
 fn init_logs(format: &str) {
@@ -188,6 +211,8 @@ fn main() -> ExitCode {
                 advertise: a.advertise,
                 admin: a.admin,
                 state_dir: a.state_dir,
+                max_connections: a.max_connections,
+                drain_timeout: a.drain_timeout,
             },
             shutdown_signal(),
         )),
@@ -206,6 +231,8 @@ fn main() -> ExitCode {
                 state_dir: a.state_dir,
                 upstream_timeout: a.upstream_timeout,
                 idle_timeout: a.idle_timeout,
+                max_connections: a.max_connections,
+                drain_timeout: a.drain_timeout,
             },
             shutdown_signal(),
         )),
@@ -222,6 +249,7 @@ fn main() -> ExitCode {
                 state_dir: a.state_dir,
                 outbound_ip: a.outbound_ip,
                 drain_timeout: a.drain_timeout,
+                max_connections: a.max_connections,
             },
             shutdown_signal(),
         )),

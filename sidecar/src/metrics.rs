@@ -225,13 +225,3 @@ impl Drop for ActiveGuard {
         self.0.dec();
     }
 }
-
-impl Metrics {
-    /// Open connections in both directions (for draining).
-    pub fn open_connections(&self) -> i64 {
-        ["inbound", "outbound"]
-            .iter()
-            .map(|d| self.active.get_or_create(&DirLabel { direction: d }).get())
-            .sum()
-    }
-}

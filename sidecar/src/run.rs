@@ -25,6 +25,7 @@ use crate::inbound::app::AppClients;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::outbound::balance::Balancer;
+use crate::serve::{self, Drainer, Listener};
 use crate::tls::MeshTls;
 use crate::tunnel::client::TunnelPool;
 use crate::tunnel::server::{self, Inbound};
@@ -43,6 +44,8 @@ pub struct RunConfig {
     pub state_dir: Option<PathBuf>,
     pub outbound_ip: IpAddr,
     pub drain_timeout: Duration,
+    /// Open connections allowed on the inbound port.
+    pub max_connections: usize,
 }
 
 /// Obtains the identity, retrying while the control plane is unreachable.
@@ -137,37 +140,44 @@ pub async fn run(
         state.clone(),
         Some(validator),
     );
+    let (drainer, drain) = Drainer::new();
     let outbound = Outbound::new(
         cfg.outbound_ip,
         pool.clone(),
         balancer,
         handles.config.clone(),
         metrics.clone(),
+        drain.clone(),
     );
     let _ = outbound_cell.set(outbound.clone());
     client.report_traffic(metrics.traffic.clone());
     tokio::spawn(client.run());
     crate::control::bundle_sync::spawn_bundle_sync(handles.config.clone(), manager.clone());
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app_refused = Arc::new(tokio::sync::Notify::new());
     let delivery = Arc::new(Delivery {
         service: cfg.service.clone(),
+        authority: http::uri::Authority::try_from(cfg.service.as_str())
+            .with_context(|| format!("service name {:?} is not a valid host", cfg.service))?,
+        config: handles.config.clone(),
         apps: AppClients::new(cfg.app, app_refused.clone()),
         metrics: metrics.clone(),
     });
     let inbound = Arc::new(Inbound {
-        service: cfg.service.clone(),
         app: cfg.app,
-        config: handles.config.clone(),
         tls: tls.clone(),
         delivery,
         app_refused: app_refused.clone(),
     });
-    tokio::spawn(server::serve(
-        inbound_listener,
-        inbound,
-        shutdown_rx.clone(),
+    tokio::spawn(serve::accept(
+        Listener {
+            listener: inbound_listener,
+            direction: "inbound",
+            max_connections: cfg.max_connections,
+        },
+        metrics.clone(),
+        drain,
+        move |tcp, peer, drain| server::connection(inbound.clone(), tcp, peer, drain),
     ));
 
     // Follow the config: outbound listeners, readiness, probe on selector change.
@@ -220,10 +230,12 @@ pub async fn run(
     tracing::info!(drain = ?cfg.drain_timeout, "draining: no new connections, GOAWAY sent");
     not_ready_tx.send_replace(Some("shutting down".into()));
     outbound.close_all();
-    let _ = shutdown_tx.send(true);
-    let deadline = tokio::time::Instant::now() + cfg.drain_timeout;
-    while tokio::time::Instant::now() < deadline && metrics.open_connections() > 0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let left = drainer.drain(cfg.drain_timeout).await;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "drain timeout reached; closing the connections still open"
+        );
     }
     Ok(())
 }

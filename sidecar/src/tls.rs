@@ -5,19 +5,45 @@
 //! already open keep the certificate they were made with.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::sync::watch;
 use weft_certs::{CertError, Credentials, SpiffeId, mesh_client_config, mesh_server_config};
 
-/// ALPN of the tunnel.
-pub const TUNNEL_ALPN: &[u8] = b"h2";
+/// The two protocols of the inbound port, told apart by ALPN on the mTLS handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MeshAlpn {
+    /// `h2`: HTTP/2 whose streams are `CONNECT` tunnels carrying raw bytes (sidecar
+    /// outbound traffic; translation, if any, at the last hop).
+    Tunnel,
+    /// `weft-http/2`: plain HTTP/2, one request per stream, served directly by the
+    /// inbound's translating server (L7 callers: the gateway).
+    Http,
+}
+
+impl MeshAlpn {
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            MeshAlpn::Tunnel => b"h2",
+            MeshAlpn::Http => b"weft-http/2",
+        }
+    }
+
+    /// The protocol a handshake agreed on.
+    pub fn of(negotiated: Option<&[u8]>) -> Option<Self> {
+        [MeshAlpn::Tunnel, MeshAlpn::Http]
+            .into_iter()
+            .find(|a| negotiated == Some(a.id()))
+    }
+}
 
 #[derive(Default)]
 struct Cache {
     for_creds: Option<Arc<Credentials>>,
     server: Option<Arc<rustls::ServerConfig>>,
-    clients: HashMap<String, Arc<rustls::ClientConfig>>,
+    clients: HashMap<(String, MeshAlpn), Arc<rustls::ClientConfig>>,
 }
 
 /// Hands out server and client configs for the current credentials.
@@ -41,10 +67,7 @@ impl MeshTls {
 
     fn with_cache<T>(&self, f: impl FnOnce(&mut Cache, &Arc<Credentials>) -> T) -> T {
         let creds = self.credentials();
-        let mut cache = match self.cache.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut cache = self.cache.lock();
         if !cache
             .for_creds
             .as_ref()
@@ -58,26 +81,32 @@ impl MeshTls {
         f(&mut cache, &creds)
     }
 
-    /// Server side of the tunnel: requires a client certificate from the bundle.
+    /// Server side of the inbound port: requires a client certificate from the bundle,
+    /// offers both [`MeshAlpn`] protocols.
     pub fn server(&self) -> Result<Arc<rustls::ServerConfig>, CertError> {
         self.with_cache(|cache, creds| {
             if let Some(s) = &cache.server {
                 return Ok(s.clone());
             }
-            let cfg = mesh_server_config(&creds.identity, &creds.bundle, &[TUNNEL_ALPN])?;
+            let alpn = [MeshAlpn::Tunnel.id(), MeshAlpn::Http.id()];
+            let cfg = mesh_server_config(&creds.identity, &creds.bundle, &alpn)?;
             cache.server = Some(cfg.clone());
             Ok(cfg)
         })
     }
 
-    /// Client side of the tunnel: accepts only a server holding `expected`.
-    pub fn client(&self, expected: &SpiffeId) -> Result<Arc<rustls::ClientConfig>, CertError> {
+    /// Client side: speaks `alpn`, accepts only a server holding `expected`.
+    pub fn client(
+        &self,
+        expected: &SpiffeId,
+        alpn: MeshAlpn,
+    ) -> Result<Arc<rustls::ClientConfig>, CertError> {
         self.with_cache(|cache, creds| {
-            let key = expected.uri();
+            let key = (expected.uri(), alpn);
             if let Some(c) = cache.clients.get(&key) {
                 return Ok(c.clone());
             }
-            let cfg = mesh_client_config(&creds.identity, &creds.bundle, expected, &[TUNNEL_ALPN])?;
+            let cfg = mesh_client_config(&creds.identity, &creds.bundle, expected, &[alpn.id()])?;
             cache.clients.insert(key, cfg.clone());
             Ok(cfg)
         })

@@ -863,6 +863,77 @@ impl Gateway {
     }
 }
 
+/// The sum of a Prometheus metric's samples on a dataplane's admin endpoint, over the
+/// lines whose labels include every `labels` pair (0 when none matches).
+pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let body = http_get(admin, "/metrics").await.unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A running `weft-sidecar ingress`.
+pub struct Ingress {
+    pub proc: Proc,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Ingress {
+    /// Starts the ingress of `region` (not waiting: it serves once it has a config).
+    pub async fn start(cp: &ControlPlane, region: &str) -> Ingress {
+        let token = cp
+            .token_for(DataplaneKind::Ingress, &format!("{region}-ingress"))
+            .await;
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let dir = tempfile::tempdir().unwrap();
+        let proc = Proc::spawn(
+            bin("weft-sidecar"),
+            [
+                "ingress",
+                "--cp",
+                &cp.url(),
+                "--token",
+                &token,
+                "--region",
+                region,
+                "--listen",
+                &listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            dir.path().join("ingress.log"),
+        );
+        Ingress {
+            proc,
+            listen,
+            admin,
+            _dir: dir,
+        }
+    }
+
+    /// Connections it counted with `result` (spliced, relayed, unknown_sni, ...).
+    pub async fn connections(&self, result: &str) -> u64 {
+        metric(
+            self.admin,
+            "weft_connections_total",
+            &[("direction", "ingress"), ("result", result)],
+        )
+        .await
+    }
+}
+
 /// A sidecar for a `client` service (tcp, no port) in front of an idle app: it only
 /// carries outbound connections, like the sidecar of a caller.
 pub async fn client_sidecar(cp: &ControlPlane) -> (App, Sidecar) {
@@ -947,6 +1018,16 @@ pub mod mtls {
             }
         });
         (addr, rx)
+    }
+
+    /// An identity for `id` signed by a CA of its own, which the mesh does not trust.
+    pub fn foreign_identity(td: &weft_certs::TrustDomain, id: &SpiffeId) -> Identity {
+        let foreign_ca = weft_certs::CertificateAuthority::generate(td).unwrap();
+        let (key, csr) = weft_certs::generate_csr(id).unwrap();
+        let issued = foreign_ca
+            .issue_from_csr(&csr, id, Duration::from_secs(3600))
+            .unwrap();
+        Identity::from_pem(&issued.chain_pem, &key).unwrap()
     }
 
     /// Opens an mTLS connection as `client`, accepting only `server`'s id.

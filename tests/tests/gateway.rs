@@ -137,37 +137,43 @@ async fn grpc_over_tls_through_the_gateway() {
 }
 
 #[tokio::test]
-async fn websockets_over_h1_and_rfc8441_to_an_h1_app() {
+async fn websockets_over_h1_and_rfc8441_to_h1_and_h2c_apps() {
     let cp = ControlPlane::start(&[]).await;
-    cp.weftctl_ok(&["service", "create", "chat", "--protocol", "http"]);
+    // An HTTP/1.1 app gets an Upgrade, an h2c app an extended CONNECT, whatever the
+    // client used at the edge.
+    let _h1 = weft_tests::deploy(&cp, "chat", "http", 0, "h1", "eu").await;
+    let _h2 = weft_tests::deploy(&cp, "chat2", "http2", 0, "h2c", "eu").await;
     cp.weftctl_ok(&["route", "create", "localhost", "--service", "chat"]);
-    let app = App::start("h1", "chat").await;
-    let _s = Sidecar::start(&cp, "chat", app.addr, "eu").await;
+    // Names the client resolves by itself.
+    cp.weftctl_ok(&["route", "create", "127.0.0.1", "--service", "chat2"]);
     let gw = Gateway::start(&cp, "edge", &[]).await;
-    gw.wait_route("localhost").await;
-    let h1 = py_ok(
-        "ws_client.py",
-        &["--url", &format!("ws://localhost:{}/ws", gw.http.port())],
-    );
-    assert_eq!(h1["close_code"], 1000, "{h1:#}");
-    let h2 = py_ok(
-        "h2_ws_client.py",
-        &[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &gw.http.port().to_string(),
-            "--authority",
-            "localhost",
-            "--path",
-            "/ws",
-        ],
-    );
-    assert_eq!(
-        h2["enable_connect_protocol"], 1,
-        "SETTINGS_ENABLE_CONNECT_PROTOCOL: {h2:#}"
-    );
-    assert_eq!(h2["status"], "200", "{h2:#}");
+    gw.wait_route("127.0.0.1").await;
+    for host in ["localhost", "127.0.0.1"] {
+        let h1 = py_ok(
+            "ws_client.py",
+            &["--url", &format!("ws://{host}:{}/ws", gw.http.port())],
+        );
+        assert_eq!(h1["close_code"], 1000, "{host}: {h1:#}");
+        let h2 = py_ok(
+            "h2_ws_client.py",
+            &[
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &gw.http.port().to_string(),
+                "--authority",
+                host,
+                "--path",
+                "/ws",
+            ],
+        );
+        assert_eq!(
+            h2["enable_connect_protocol"], 1,
+            "SETTINGS_ENABLE_CONNECT_PROTOCOL: {h2:#}"
+        );
+        assert_eq!(h2["status"], "200", "{host}: {h2:#}");
+        assert_eq!(h2["close_code"], 1000, "{host}: {h2:#}");
+    }
 }
 
 #[tokio::test]
@@ -467,7 +473,7 @@ async fn each_gateway_error_has_its_status_and_code() {
         h.contains("grpc-status: 12") && h.contains("set-protocol web grpc"),
         "{h}"
     );
-    // ...and a stopped gRPC app is UNAVAILABLE.
+    // ...and a stopped gRPC app is UNAVAILABLE: its sidecar says nothing reached it.
     rpc_app.proc.kill9();
     let h = head(
         &["--http2-prior-knowledge"],
@@ -477,7 +483,7 @@ async fn each_gateway_error_has_its_status_and_code() {
     assert!(
         h.starts_with("http/2 200")
             && h.contains("grpc-status: 14")
-            && h.contains("weft-error-code: weft-3"),
+            && h.contains("weft-error-code: weft-2"),
         "{h}"
     );
 }

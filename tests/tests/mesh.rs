@@ -358,18 +358,9 @@ async fn peers_without_a_mesh_certificate_cannot_open_a_tunnel() {
     let td = TrustDomain::new("weft.local").unwrap();
     let web = SpiffeId::new(&td, IdentityKind::Service, "web").unwrap();
 
-    // A certificate from another CA with the very same SPIFFE id.
-    let foreign_ca = CertificateAuthority::generate(&td).unwrap();
-    let (key, csr) =
-        generate_csr(&SpiffeId::new(&td, IdentityKind::Service, "client").unwrap()).unwrap();
-    let issued = foreign_ca
-        .issue_from_csr(
-            &csr,
-            &SpiffeId::new(&td, IdentityKind::Service, "client").unwrap(),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-    let foreign = Identity::from_pem(&issued.chain_pem, &key).unwrap();
+    // A certificate from another CA with a SPIFFE id of the mesh.
+    let client = SpiffeId::new(&td, IdentityKind::Service, "client").unwrap();
+    let foreign = weft_tests::mtls::foreign_identity(&td, &client);
     let with_foreign = mesh_client_config(&foreign, &bundle, &web, &[b"h2"]).unwrap();
     let anonymous = control_plane_client_config(&bundle, None, &[b"h2"]).unwrap();
 

@@ -1,197 +1,198 @@
 //! The gateway's public listeners. HTTP: HTTP/1.1, h2c with prior knowledge (told apart
 //! by one read of the preface) and the `Upgrade: h2c` handshake. HTTPS: TLS with ALPN
 //! `h2` and `http/1.1` (a client offering neither is refused during the handshake).
+//!
+//! Time limits per connection: the first bytes (TLS ClientHello, HTTP/2 preface or the
+//! first request line) and, after `Upgrade: h2c`, the client's preface within
+//! [`FIRST_BYTES_TIMEOUT`]; then the connection lives while it has requests in
+//! progress, closes gracefully once idle for `--idle-timeout`, and is closed when a
+//! client leaves response data waiting without taking any for the progress timeout
+//! (see [`super::body`]).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 
+use super::body::{ConnClock, ResponseBody};
 use super::h2c_upgrade;
-use super::idle::{Activity, Tracked};
 use super::proxy::{ConnInfo, Gateway};
-use crate::errors::{Body, full};
-use crate::inbound::app::MAX_HEADER_BYTES;
+use crate::errors::full;
+use crate::http::limits::{self, FIRST_BYTES_TIMEOUT};
+use crate::http::{authority, headers};
 use crate::inbound::detect::{Rewind, sniff};
-use crate::inbound::translate;
+use crate::serve::{self, Drain};
 
-/// How long a TLS client may take to finish the handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn h2_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        // A little above the 1 MB policy, so the gateway's own 431 (with its code)
-        // answers first; far beyond it, the h2 layer refuses by itself.
-        .max_header_list_size((MAX_HEADER_BYTES + 64 * 1024) as u32)
-        .max_concurrent_streams(250)
-        .enable_connect_protocol()
-        .keep_alive_interval(Some(Duration::from_secs(60)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    b
-}
-
-/// Serves HTTP/2 on `io`; after `idle` without traffic, GOAWAY and close.
-pub async fn serve_h2<T>(io: T, gw: Arc<Gateway>, info: ConnInfo)
+/// Serves HTTP/2 on `io` until it ends, idles, stalls, or the drain closes it.
+pub async fn serve_h2<T>(io: T, gw: Arc<Gateway>, info: ConnInfo, drain: Drain)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Activity::default();
+    let info = Arc::new(info);
+    let clock = info.clock.clone();
     let idle = gw.idle_timeout;
     let svc = hyper::service::service_fn(move |req| {
         let (gw, info) = (gw.clone(), info.clone());
         async move { Ok::<_, Infallible>(gw.handle(info, req).await) }
     });
-    let builder = h2_builder();
-    let mut conn = std::pin::pin!(
-        builder.serve_connection(TokioIo::new(Tracked::new(io, activity.clone())), svc)
-    );
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "client HTTP/2 connection ended with an error");
-                }
-                return;
-            }
-            _ = activity.idle(idle), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-    }
+    let builder = limits::public_h2_server();
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    serve::http_connection(conn, drain, clock.expired(idle), "client HTTP/2").await;
 }
 
 /// Serves HTTP/1.1 on `io` (with WebSocket upgrades, and h2c upgrades when `allow_h2c`).
-pub async fn serve_h1<T>(io: T, gw: Arc<Gateway>, info: ConnInfo, allow_h2c: bool)
+pub async fn serve_h1<T>(io: T, gw: Arc<Gateway>, info: ConnInfo, allow_h2c: bool, drain: Drain)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let info = Arc::new(info);
+    let clock = info.clock.clone();
     let idle = gw.idle_timeout;
+    let upgrade_drain = drain.clone();
     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let (gw, info) = (gw.clone(), info.clone());
+        let (gw, info, drain) = (gw.clone(), info.clone(), upgrade_drain.clone());
         async move {
-            if allow_h2c && h2c_upgrade::wants_h2c(&req) {
-                return Ok::<_, Infallible>(upgrade_h2c(req, gw, info));
+            // The same Host rules as every other request: one that fails them is not
+            // upgraded, and gets its 400 from the ordinary path.
+            if allow_h2c
+                && h2c_upgrade::wants_h2c(&req)
+                && authority::of_request(&req, None).is_ok()
+            {
+                return Ok::<_, Infallible>(upgrade_h2c(req, gw, &info, drain));
             }
             Ok(gw.handle(info, req).await)
         }
     });
-    let activity = Activity::default();
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(MAX_HEADER_BYTES + 64 * 1024)
-        .max_headers(2_000)
-        .serve_connection(TokioIo::new(Tracked::new(io, activity.clone())), svc)
+    let conn = limits::h1_server()
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
-    let mut conn = std::pin::pin!(conn);
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "client HTTP/1.1 connection ended with an error");
-                }
-                return;
-            }
-            _ = activity.idle(idle), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-    }
+    serve::http_connection(conn, drain, clock.expired(idle), "client HTTP/1.1").await;
 }
 
 /// Answers 101 and serves the connection as HTTP/2 with the request as stream 1.
 fn upgrade_h2c(
     mut req: http::Request<Incoming>,
     gw: Arc<Gateway>,
-    info: ConnInfo,
-) -> Response<Body> {
+    info: &ConnInfo,
+    drain: Drain,
+) -> Response<ResponseBody> {
+    let record = super::access::AccessRecord {
+        started: std::time::Instant::now(),
+        client: info.peer,
+        host: String::new(),
+        method: req.method().clone(),
+        path: String::new(),
+        status: 0,
+        inbound: "h1",
+        upstream_protocol: "",
+        upstream: String::new(),
+        grpc: false,
+        error_code: "",
+    };
     let authority = req
         .headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let mut forwarded = http::Request::builder()
         .method(req.method().clone())
         .uri(req.uri().clone())
         .body(())
         .unwrap_or_default();
     *forwarded.headers_mut() = req.headers().clone();
-    translate::strip_hop_by_hop(forwarded.headers_mut());
-    let Some(frame) = h2c_upgrade::headers_frame(&forwarded, &authority) else {
-        // Too big to inject: serve it as plain HTTP/1.1 instead (the upgrade is optional).
-        let mut r = Response::new(full(
-            "request headers too large for the h2c upgrade; retry without it\n",
-        ));
-        *r.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-        return r;
-    };
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let mut io = TokioIo::new(upgraded);
-        match h2c_upgrade::preamble(&mut io, frame).await {
-            Ok(prefix) => {
-                let info = ConnInfo {
-                    protocol: "h2c-upgrade",
-                    ..info
+    headers::strip_hop_by_hop(forwarded.headers_mut());
+    let frame = h2c_upgrade::headers_frame(&forwarded, &authority);
+    let (status, body) = match frame {
+        Some(frame) => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let upgraded = ConnInfo {
+                peer: info.peer,
+                tls: false,
+                sni: None,
+                protocol: "h2c-upgrade",
+                clock: Arc::new(ConnClock::default()),
+            };
+            tokio::spawn(async move {
+                let Ok(io) = on_upgrade.await else {
+                    return;
                 };
-                serve_h2(Rewind::new(prefix, io), gw, info).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "h2c upgrade failed"),
+                let mut io = TokioIo::new(io);
+                let preamble = tokio::time::timeout(
+                    FIRST_BYTES_TIMEOUT,
+                    h2c_upgrade::preamble(&mut io, frame),
+                )
+                .await;
+                match preamble {
+                    Ok(Ok(prefix)) => serve_h2(Rewind::new(prefix, io), gw, upgraded, drain).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "h2c upgrade failed"),
+                    Err(_) => tracing::debug!("h2c-upgraded client sent no preface in time"),
+                }
+            });
+            (StatusCode::SWITCHING_PROTOCOLS, "")
         }
-    });
-    let mut r = Response::new(full(bytes::Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    r.headers_mut().insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("Upgrade"),
-    );
-    r.headers_mut()
-        .insert(http::header::UPGRADE, http::HeaderValue::from_static("h2c"));
+        // Too big to inject: the client may retry without the (optional) upgrade.
+        None => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large for the h2c upgrade; retry without it\n",
+        ),
+    };
+    let record = super::access::AccessRecord {
+        status: status.as_u16(),
+        ..record
+    };
+    let mut r = Response::new(ResponseBody::made(full(body), info.clock.request(), record));
+    *r.status_mut() = status;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let h = r.headers_mut();
+        h.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("Upgrade"),
+        );
+        h.insert(http::header::UPGRADE, http::HeaderValue::from_static("h2c"));
+    }
     r
 }
 
-async fn plain(tcp: TcpStream, gw: Arc<Gateway>) {
-    let Ok(peer) = tcp.peer_addr() else { return };
-    let _ = tcp.set_nodelay(true);
-    let mut tcp = tcp;
-    let sniffed = tokio::time::timeout(gw.idle_timeout, sniff(&mut tcp)).await;
-    let Ok(Ok((h2, prefix))) = sniffed else {
-        return;
-    };
-    let io = Rewind::new(prefix, tcp);
-    let info = ConnInfo {
+fn conn_info(peer: SocketAddr, tls: bool, sni: Option<String>, protocol: &'static str) -> ConnInfo {
+    ConnInfo {
         peer,
-        tls: false,
-        sni: None,
-        protocol: if h2 { "h2c" } else { "h1" },
-    };
-    if h2 {
-        serve_h2(io, gw, info).await;
-    } else {
-        serve_h1(io, gw, info, true).await;
+        tls,
+        sni,
+        protocol,
+        clock: Arc::new(ConnClock::default()),
     }
 }
 
-async fn secure(tcp: TcpStream, gw: Arc<Gateway>, tls: Arc<rustls::ServerConfig>) {
-    let Ok(peer) = tcp.peer_addr() else { return };
-    let _ = tcp.set_nodelay(true);
+/// Serves one plain connection: HTTP/2 prior knowledge or HTTP/1.1, by its first bytes.
+pub async fn plain(mut tcp: TcpStream, peer: SocketAddr, gw: Arc<Gateway>, drain: Drain) {
+    let Ok(Ok((h2, prefix))) = tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&mut tcp)).await
+    else {
+        return;
+    };
+    let io = Rewind::new(prefix, tcp);
+    if h2 {
+        serve_h2(io, gw, conn_info(peer, false, None, "h2c"), drain).await;
+    } else {
+        serve_h1(io, gw, conn_info(peer, false, None, "h1"), true, drain).await;
+    }
+}
+
+/// Serves one TLS connection: HTTP/2 or HTTP/1.1, by ALPN.
+pub async fn secure(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    gw: Arc<Gateway>,
+    tls: Arc<rustls::ServerConfig>,
+    drain: Drain,
+) {
     let accepted = tokio::time::timeout(
-        TLS_HANDSHAKE_TIMEOUT,
+        FIRST_BYTES_TIMEOUT,
         tokio_rustls::TlsAcceptor::from(tls).accept(tcp),
     )
     .await;
@@ -207,46 +208,15 @@ async fn secure(tcp: TcpStream, gw: Arc<Gateway>, tls: Arc<rustls::ServerConfig>
         let conn = stream.get_ref().1;
         (
             conn.alpn_protocol() == Some(b"h2"),
-            conn.server_name().and_then(super::routes::normalize_host),
+            conn.server_name()
+                .and_then(|n| authority::parse(n.as_bytes()).ok())
+                .map(|a| authority::route_host(&a)),
         )
     };
-    let info = ConnInfo {
-        peer,
-        tls: true,
-        sni,
-        protocol: if h2 { "h2" } else { "h1" },
-    };
     if h2 {
-        serve_h2(stream, gw, info).await;
+        serve_h2(stream, gw, conn_info(peer, true, sni, "h2"), drain).await;
     } else {
         // h2c upgrades are never honoured over TLS (RFC 7540 §3.2).
-        serve_h1(stream, gw, info, false).await;
-    }
-}
-
-/// Accepts connections until `shutdown` flips.
-pub async fn serve(
-    listener: TcpListener,
-    gw: Arc<Gateway>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
-                    let gw = gw.clone();
-                    match tls.clone() {
-                        Some(tls) => tokio::spawn(secure(tcp, gw, tls)),
-                        None => tokio::spawn(plain(tcp, gw)),
-                    };
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.changed() => return,
-        }
+        serve_h1(stream, gw, conn_info(peer, true, sni, "h1"), false, drain).await;
     }
 }

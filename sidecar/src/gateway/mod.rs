@@ -2,14 +2,15 @@
 //!
 //! It takes HTTPS (ALPN h2/http1.1), h2c and HTTP/1.1 from the public side, routes by
 //! host (exact, then the most specific wildcard; longest path prefix), and sends each
-//! request into the mesh as HTTP/2 through the same mTLS tunnel sidecars use, so
-//! streaming, trailers, gRPC and WebSockets reach the app; the inbound sidecar translates
-//! at the last hop per the service's selector. The gateway is a mesh member with its own
-//! identity (`spiffe://<td>/gateway/<name>`).
+//! request into the mesh as one HTTP/2 stream on a pooled mTLS connection straight to
+//! the destination sidecar's inbound port (ALPN `weft-http/2`), so streaming, trailers,
+//! gRPC and WebSockets reach the app; the inbound translates at the last hop per the
+//! service's selector. The gateway is a mesh member with its own identity
+//! (`spiffe://<td>/gateway/<name>`), and checks the endpoint's.
 
 pub mod access;
+pub mod body;
 pub mod h2c_upgrade;
-pub mod idle;
 pub mod listen;
 pub mod proxy;
 pub mod routes;
@@ -35,6 +36,7 @@ use crate::control::client::{DiscoveryClient, HelloInfo};
 use crate::control::state_dir::StateDir;
 use crate::metrics::Metrics;
 use crate::outbound::balance::Balancer;
+use crate::serve::{self, Drainer, Listener};
 use crate::tls::MeshTls;
 use crate::tunnel::client::TunnelPool;
 use proxy::{CertNames, Gateway};
@@ -58,6 +60,10 @@ pub struct GatewayConfig {
     pub state_dir: Option<PathBuf>,
     pub upstream_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Open client connections allowed per listener.
+    pub max_connections: usize,
+    /// How long open connections may take to finish at shutdown.
+    pub drain_timeout: Duration,
 }
 
 fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
@@ -188,7 +194,6 @@ pub async fn run(
     tokio::spawn(run_renewal(manager.clone(), channel.clone(), state.clone()));
     let metrics = Arc::new(Metrics::new());
     let mesh_tls = MeshTls::new(manager.subscribe());
-    let pool = TunnelPool::new(mesh_tls.clone());
     let balancer = Balancer::new(&cfg.region);
     let address = cfg
         .http
@@ -214,7 +219,7 @@ pub async fn run(
     tokio::spawn(client.run());
     spawn_bundle_sync(handles.config.clone(), manager.clone());
 
-    let upstreams = Upstreams::new(pool.clone(), balancer);
+    let upstreams = Upstreams::new(mesh_tls.clone(), balancer);
     let gw = Arc::new(Gateway {
         config: handles.config.clone(),
         upstreams: upstreams.clone(),
@@ -239,26 +244,49 @@ pub async fn run(
             }
         });
     }
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (drainer, drain) = Drainer::new();
+    let listener = |listener| Listener {
+        listener,
+        direction: "gateway",
+        max_connections: cfg.max_connections,
+    };
     if let Some(l) = http {
-        tokio::spawn(listen::serve(l, gw.clone(), None, shutdown_rx.clone()));
+        let gw = gw.clone();
+        tokio::spawn(serve::accept(
+            listener(l),
+            metrics.clone(),
+            drain.clone(),
+            move |tcp, peer, drain| listen::plain(tcp, peer, gw.clone(), drain),
+        ));
     }
-    if let Some(l) = https {
-        tokio::spawn(listen::serve(l, gw.clone(), tls, shutdown_rx.clone()));
+    if let (Some(l), Some(tls)) = (https, tls) {
+        let gw = gw.clone();
+        tokio::spawn(serve::accept(
+            listener(l),
+            metrics.clone(),
+            drain.clone(),
+            move |tcp, peer, drain| listen::secure(tcp, peer, gw.clone(), tls.clone(), drain),
+        ));
     }
     tokio::spawn(admin::serve(
         admin_listener,
         Arc::new(AdminState {
             metrics,
             config: handles.config.clone(),
+            pool: TunnelPool::new(mesh_tls.clone()),
             tls: mesh_tls,
-            pool,
             not_ready,
         }),
     ));
     tracing::info!(gateway = %claims.name, http = ?cfg.http, https = ?cfg.https, admin = %cfg.admin, "weft gateway running");
     shutdown.await;
-    let _ = shutdown_tx.send(true);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tracing::info!(drain = ?cfg.drain_timeout, "draining: no new connections, GOAWAY sent");
+    let left = drainer.drain(cfg.drain_timeout).await;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "drain timeout reached; closing the connections still open"
+        );
+    }
     Ok(())
 }

@@ -1,32 +1,37 @@
-//! Handling one public request: route by host, rewrite headers for the trip into the
-//! mesh, send it as HTTP/2 through the tunnel, and relay the response. Nothing from the
-//! public side is trusted: forwarding headers are derived from the socket and TLS, hop-
-//! by-hop fields (the `Connection` list first) and the mesh's error header are removed
-//! before the gateway adds its own.
+//! Handling one public request, in phases: validate what the client addressed, find
+//! the route, build the mesh request, send it (endpoint retry loop, timeouts), relay
+//! the response, finish a WebSocket upgrade. Every HTTP rule it applies lives in
+//! [`crate::http`]; nothing from the public side is trusted: forwarding headers are
+//! derived from the socket and TLS, after hop-by-hop fields and the mesh's error header
+//! were removed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt as _;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::response::Parts;
+use http::uri::Authority;
+use http::{Method, Request, Response, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::ext::Protocol;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use super::access::{AccessRecord, Logged};
+use super::access::AccessRecord;
+use super::body::{ConnClock, RequestBody, ResponseBody};
 use super::routes;
-use super::upstream::Upstreams;
-use crate::control::config::{MeshConfig, Selector};
-use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, full, grpc_to_http_message, is_grpc};
-use crate::inbound::app::MAX_HEADER_BYTES;
-use crate::inbound::{splice, translate, ws};
+use super::upstream::{Hold, Upstreams};
+use crate::control::config::{MeshConfig, RouteEntry, Selector};
+use crate::errors::{
+    Body, ERROR_CODE_HEADER, MeshError, Rejection, Respond, boxed, full, grpc_to_http_message,
+};
+use crate::http::limits::{self, BODY_PROGRESS_TIMEOUT, MAX_HEADER_BYTES};
+use crate::http::{authority, convert, headers, ws};
 use crate::metrics::Metrics;
 
 /// What the gateway knows about the connection a request came on.
-#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
@@ -34,6 +39,8 @@ pub struct ConnInfo {
     pub sni: Option<String>,
     /// How the client spoke: "h1", "h2", "h2c" or "h2c-upgrade".
     pub protocol: &'static str,
+    /// Requests in progress and response progress, for the idle and stall timeouts.
+    pub clock: Arc<ConnClock>,
 }
 
 /// Names the served certificate covers (for the 421 rule on coalesced connections).
@@ -58,72 +65,332 @@ pub struct Gateway {
     pub config: watch::Receiver<Arc<MeshConfig>>,
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<Metrics>,
-    /// Time allowed for response headers (not for gRPC or tunnels).
+    /// Time allowed for response headers (not for gRPC or WebSockets).
     pub upstream_timeout: Duration,
-    /// Client connections without traffic for this long are closed (GOAWAY first on h2).
+    /// Client connections without a request for this long are closed (GOAWAY first on
+    /// h2), and spliced WebSockets without traffic.
     pub idle_timeout: Duration,
     pub cert_names: CertNames,
 }
 
-fn header_bytes(h: &HeaderMap) -> usize {
-    h.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum()
+/// What a valid request addressed.
+struct Addressed {
+    /// As the client sent it (forwarded as `X-Forwarded-Host`, and upstream unless
+    /// the route rewrites it).
+    authority: Authority,
+    /// Normalised for routing.
+    host: String,
 }
 
-/// The authority the client addressed, per HTTP version rules.
-fn authority(req: &Request<Incoming>) -> Result<String, String> {
-    let hosts = req.headers().get_all(header::HOST).iter().count();
-    if req.version() == Version::HTTP_2 {
-        let a = req.uri().authority().map(|a| a.as_str().to_owned());
-        let h = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
-        return match (a, h) {
-            (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => {
-                Err(format!("host {h:?} differs from :authority {a:?}"))
+/// A WebSocket the client asked for, to finish once the mesh answered.
+struct Upgrade {
+    form: ws::Form,
+    client: OnUpgrade,
+}
+
+/// The response on its way back, and where it came from.
+struct Routed {
+    parts: Parts,
+    body: RoutedBody,
+    endpoint: String,
+}
+
+enum RoutedBody {
+    /// The mesh's body, the endpoint resources it holds, the gRPC deadline.
+    Mesh(Incoming, Hold, Option<tokio::time::Instant>),
+    /// A body the gateway made.
+    Made(Body),
+}
+
+impl Gateway {
+    /// Serves one request; never fails (refusals become mesh error responses).
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let in_progress = conn.clock.request();
+        let respond = Respond::to(&req);
+        let method = req.method().clone();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        let mut host = String::new();
+        let routed = match self.route(&conn, req, respond, &mut host).await {
+            Ok(r) => r,
+            Err(rejection) => {
+                let (parts, body) = respond.reject(&rejection).into_parts();
+                Routed {
+                    parts,
+                    body: RoutedBody::Made(body),
+                    endpoint: String::new(),
+                }
             }
-            (Some(a), _) => Ok(a),
-            (None, Some(h)) => Ok(h.to_owned()),
-            (None, None) => Err("no :authority".into()),
         };
+        let status = routed.parts.status.as_u16();
+        self.metrics
+            .record_request(conn.protocol, "h2", status, started);
+        let record = AccessRecord {
+            started,
+            client: conn.peer,
+            host,
+            method,
+            path,
+            status,
+            inbound: conn.protocol,
+            upstream_protocol: if routed.endpoint.is_empty() { "" } else { "h2" },
+            upstream: routed.endpoint,
+            grpc: respond.is_grpc(),
+            error_code: routed
+                .parts
+                .headers
+                .get(ERROR_CODE_HEADER)
+                .and_then(|v| MeshError::from_code(v.as_bytes()))
+                .map_or("", MeshError::code),
+        };
+        let body = match routed.body {
+            RoutedBody::Mesh(body, hold, deadline) => {
+                ResponseBody::mesh(body, in_progress, record, hold, deadline)
+            }
+            RoutedBody::Made(body) => ResponseBody::made(body, in_progress, record),
+        };
+        Response::from_parts(routed.parts, body)
     }
-    if hosts > 1 {
-        return Err("more than one Host header".into());
-    }
-    if let Some(a) = req.uri().authority() {
-        return Ok(a.as_str().to_owned());
-    }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .ok_or_else(|| "HTTP/1.1 request without Host".into())
-}
 
-/// Sets the forwarding headers from what the gateway itself observed.
-fn forwarding(headers: &mut HeaderMap, info: &ConnInfo, authority: &str) {
-    let peer = info.peer.ip().to_string();
-    let prior: Vec<String> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    let xff = if prior.is_empty() {
-        peer
-    } else {
-        format!("{}, {peer}", prior.join(", "))
-    };
-    headers.remove("x-forwarded-for");
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    async fn route(
+        &self,
+        conn: &ConnInfo,
+        mut req: Request<Incoming>,
+        respond: Respond,
+        host_for_log: &mut String,
+    ) -> Result<Routed, Rejection> {
+        let addressed = self.validate(conn, &req)?;
+        host_for_log.push_str(addressed.authority.as_str());
+        let config = self.config.borrow().clone();
+        let route = self.find_route(&config, &addressed, &req, respond)?;
+        let upgrade = ws::form(&req).map(|form| Upgrade {
+            form,
+            client: hyper::upgrade::on(&mut req),
+        });
+        let deadline = respond
+            .is_grpc()
+            .then(|| headers::grpc_timeout(req.headers()))
+            .flatten()
+            .map(|t| tokio::time::Instant::now() + t);
+        let client_version = req.version();
+        let out = self.to_mesh_request(conn, req, &addressed, route, respond, upgrade.is_some())?;
+        let up = self
+            .send(&config, route, out, respond, upgrade.is_some(), deadline)
+            .await?;
+        let endpoint = up.endpoint;
+        let (mut parts, body) = up.response.into_parts();
+        self.response_for_client(&mut parts, conn, route, &addressed, client_version);
+        match upgrade {
+            Some(u) if parts.status.is_success() => {
+                let switched = self.finish_upgrade(u, Response::from_parts(parts, body), up.hold);
+                let (parts, body) = switched.into_parts();
+                Ok(Routed {
+                    parts,
+                    body: RoutedBody::Made(body),
+                    endpoint,
+                })
+            }
+            _ => Ok(Routed {
+                parts,
+                body: RoutedBody::Mesh(body, up.hold, deadline),
+                endpoint,
+            }),
+        }
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(if info.tls { "https" } else { "http" }),
-    );
-    if let Ok(v) = HeaderValue::from_str(authority) {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), v);
+
+    /// Phase 1: what the client addressed, and whether this connection may carry it.
+    fn validate(&self, conn: &ConnInfo, req: &Request<Incoming>) -> Result<Addressed, Rejection> {
+        if limits::header_bytes(req.headers()) > MAX_HEADER_BYTES {
+            return Err(Rejection::new(
+                MeshError::HeaderTooLarge,
+                "request header section is over 1 MB",
+            ));
+        }
+        if req.method() == Method::CONNECT && ws::form(req).is_none() {
+            return Err(Rejection::new(
+                MeshError::Connect,
+                "CONNECT is not supported by this gateway",
+            ));
+        }
+        let authority = authority::of_request(req, None)?;
+        let host = authority::route_host(&authority);
+        if conn.tls
+            && conn.sni.as_deref().is_some_and(|sni| sni != host)
+            && !self.cert_names.covers(&host)
+        {
+            return Err(Rejection::new(
+                MeshError::Misdirected,
+                format!(
+                    "this connection was made for {:?} and cannot carry {host}",
+                    conn.sni
+                ),
+            ));
+        }
+        Ok(Addressed { authority, host })
+    }
+
+    /// Phase 2: the route, and whether its service can take this request.
+    fn find_route<'c>(
+        &self,
+        config: &'c MeshConfig,
+        addressed: &Addressed,
+        req: &Request<Incoming>,
+        respond: Respond,
+    ) -> Result<&'c RouteEntry, Rejection> {
+        let path = req.uri().path();
+        let Some(route) = routes::find(config, &addressed.host, path) else {
+            return Err(Rejection::new(
+                MeshError::NoRoute,
+                format!("no route for {}{path}", addressed.host),
+            ));
+        };
+        // Known from the config alone, whatever the state of the endpoints.
+        match config.protocol_of(&route.service) {
+            Selector::Tcp => Err(Rejection::new(
+                MeshError::NotHttp,
+                format!(
+                    "the route for {} leads to service {}, which is declared `tcp` (raw connections, not HTTP); set its protocol with `weftctl service set-protocol {} http|http2|grpc`",
+                    addressed.host, route.service, route.service
+                ),
+            )),
+            Selector::Http if respond.is_grpc() => Err(Rejection::new(
+                MeshError::GrpcToHttp1,
+                grpc_to_http_message(&route.service),
+            )),
+            _ => Ok(route),
+        }
+    }
+
+    /// Phase 3: the request as it travels in the mesh (always HTTP/2; a WebSocket as an
+    /// extended CONNECT), with the gateway's forwarding headers.
+    fn to_mesh_request(
+        &self,
+        conn: &ConnInfo,
+        req: Request<Incoming>,
+        addressed: &Addressed,
+        route: &RouteEntry,
+        respond: Respond,
+        websocket: bool,
+    ) -> Result<Request<Body>, Rejection> {
+        let upstream = if route.rewrite_host.is_empty() {
+            addressed.authority.clone()
+        } else {
+            authority::parse(route.rewrite_host.as_bytes())?
+        };
+        let received = req.version();
+        // A body that stops arriving fails, so a client cannot hold a mesh stream open
+        // forever; gRPC streams idle legitimately, up to the idle timeout.
+        let body_timeout = if respond.is_grpc() {
+            self.idle_timeout.max(BODY_PROGRESS_TIMEOUT)
+        } else {
+            BODY_PROGRESS_TIMEOUT
+        };
+        let mut out = req.map(|b| {
+            if websocket {
+                full(bytes::Bytes::new())
+            } else if b.is_end_stream() {
+                boxed(b)
+            } else {
+                boxed(RequestBody::new(b, body_timeout))
+            }
+        });
+        convert::request(&mut out, upstream, Version::HTTP_2, respond)?;
+        headers::forwarding(
+            out.headers_mut(),
+            &headers::Forwarded {
+                peer: conn.peer.ip(),
+                tls: conn.tls,
+                authority: addressed.authority.as_str(),
+                version: received,
+            },
+        );
+        if websocket {
+            ws::to_extended(&mut out);
+        }
+        Ok(out)
+    }
+
+    /// Phase 4: send it to an endpoint of the route's service, within the time allowed
+    /// for response headers (`--upstream-timeout`, or the gRPC call's own deadline;
+    /// WebSockets and gRPC calls without a deadline wait as long as the app takes).
+    async fn send(
+        &self,
+        config: &MeshConfig,
+        route: &RouteEntry,
+        out: Request<Body>,
+        respond: Respond,
+        websocket: bool,
+        grpc_deadline: Option<tokio::time::Instant>,
+    ) -> Result<super::upstream::Upstream, Rejection> {
+        let prefer_region = Some(route.prefer_region.as_str()).filter(|r| !r.is_empty());
+        let send = self
+            .upstreams
+            .send(config, &route.service, prefer_region, out);
+        let (deadline, what) = match grpc_deadline {
+            Some(d) => (Some(d), "the call's deadline (grpc-timeout) passed"),
+            None if websocket || respond.is_grpc() => (None, ""),
+            None => (
+                Some(tokio::time::Instant::now() + self.upstream_timeout),
+                "no answer within --upstream-timeout",
+            ),
+        };
+        match deadline {
+            None => send.await,
+            Some(d) => tokio::time::timeout_at(d, send).await.unwrap_or_else(|_| {
+                Err(Rejection::new(
+                    MeshError::UpstreamTimeout,
+                    format!("service {}: {what}", route.service),
+                ))
+            }),
+        }
+    }
+
+    /// Phase 5: the mesh's response for the public client. The inbound already removed
+    /// the app's `weft-error-code`: one that arrives here is the mesh's own.
+    fn response_for_client(
+        &self,
+        parts: &mut Parts,
+        conn: &ConnInfo,
+        route: &RouteEntry,
+        addressed: &Addressed,
+        client: Version,
+    ) {
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::append_via(&mut parts.headers, Version::HTTP_2);
+        if !route.rewrite_host.is_empty() {
+            rewrite_location(
+                &mut parts.headers,
+                &route.rewrite_host,
+                addressed.authority.as_str(),
+                conn.tls,
+            );
+        }
+        if client != Version::HTTP_2 {
+            headers::declare_grpc_trailers(&mut parts.headers);
+        }
+    }
+
+    /// Phase 6: the mesh switched protocols; answer the client in its own form and
+    /// splice the two until both ends close, or nothing moves for the idle timeout.
+    fn finish_upgrade(&self, u: Upgrade, mesh: Response<Incoming>, hold: Hold) -> Response<Body> {
+        let switch = ws::switch(&u.form, mesh.headers().clone());
+        let idle = self.idle_timeout;
+        tokio::spawn(async move {
+            let _hold = hold;
+            if let (Ok(client), Ok(mesh)) = (u.client.await, hyper::upgrade::on(mesh).await) {
+                let _ =
+                    crate::io::splice_idle(TokioIo::new(client), TokioIo::new(mesh), idle).await;
+            }
+        });
+        switch
     }
 }
 
@@ -145,257 +412,9 @@ fn rewrite_location(headers: &mut HeaderMap, rewrite_host: &str, public: &str, t
     }
 }
 
-impl Gateway {
-    /// Serves one request; never fails (errors become mesh error responses).
-    pub async fn handle(self: Arc<Self>, info: ConnInfo, req: Request<Incoming>) -> Response<Body> {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default();
-        let grpc = is_grpc(&req);
-        let host_for_log = authority(&req).unwrap_or_default();
-        let (resp, upstream) = self.route(&info, req, grpc).await;
-        let status = resp.status().as_u16();
-        let code = resp
-            .headers()
-            .get(ERROR_CODE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        self.metrics
-            .record_request(info.protocol, "h2", status, started);
-        let record = AccessRecord {
-            started,
-            client: info.peer,
-            host: host_for_log,
-            method: method.to_string(),
-            path,
-            status,
-            inbound: info.protocol,
-            upstream_protocol: if upstream.is_empty() { "" } else { "h2" },
-            upstream,
-            grpc,
-            error_code: code,
-        };
-        let (parts, body) = resp.into_parts();
-        Response::from_parts(parts, Logged::new(body, record).boxed())
-    }
-
-    async fn route(
-        &self,
-        info: &ConnInfo,
-        mut req: Request<Incoming>,
-        grpc: bool,
-    ) -> (Response<Body>, String) {
-        let fail = |e: MeshError, msg: String| (e.response(&msg, grpc), String::new());
-        if header_bytes(req.headers()) > MAX_HEADER_BYTES {
-            return fail(
-                MeshError::HeaderTooLarge,
-                "request header section is over 1 MB".into(),
-            );
-        }
-        let authority = match authority(&req) {
-            Ok(a) => a,
-            Err(e) => return fail(MeshError::BadRequest, e),
-        };
-        let Some(host) = routes::normalize_host(&authority) else {
-            return fail(MeshError::BadRequest, format!("invalid host {authority:?}"));
-        };
-        if info.tls
-            && info.sni.as_deref().is_some_and(|sni| sni != host)
-            && !self.cert_names.covers(&host)
-        {
-            return fail(
-                MeshError::Misdirected,
-                format!(
-                    "this connection was made for {:?} and cannot carry {host}",
-                    info.sni
-                ),
-            );
-        }
-        let config = self.config.borrow().clone();
-        let path = req.uri().path().to_owned();
-        let Some(route) = routes::find(&config, &host, &path).cloned() else {
-            return fail(MeshError::NoRoute, format!("no route for {host}{path}"));
-        };
-        if req.method() == Method::CONNECT && !ws::is_extended_websocket(&req) {
-            let mut r =
-                MeshError::BadRequest.response("CONNECT is not supported by this gateway", grpc);
-            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-            r.headers_mut().insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-            );
-            return (r, String::new());
-        }
-        let upstream_authority = if route.rewrite_host.is_empty() {
-            authority.clone()
-        } else {
-            route.rewrite_host.clone()
-        };
-        let websocket_h1 = ws::is_h1_websocket(&req);
-        let client_key = req.headers().get("sec-websocket-key").cloned();
-        let client_upgrade =
-            (websocket_h1 || ws::is_extended_websocket(&req)).then(|| hyper::upgrade::on(&mut req));
-
-        // Headers for the trip into the mesh.
-        let (mut parts, body) = req.into_parts();
-        let te_trailers = translate::strip_hop_by_hop(&mut parts.headers);
-        translate::strip_reserved(&mut parts.headers);
-        parts.headers.remove(header::HOST);
-        forwarding(&mut parts.headers, info, &authority);
-        if te_trailers || grpc {
-            parts
-                .headers
-                .insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_owned();
-        let Ok(uri) = format!("http://{upstream_authority}{pq}").parse::<Uri>() else {
-            return fail(MeshError::BadRequest, "invalid request target".into());
-        };
-        let mut out = Request::builder().version(Version::HTTP_2).uri(uri);
-        if websocket_h1 || client_upgrade.is_some() {
-            out = out.method(Method::CONNECT);
-        } else {
-            out = out.method(parts.method.clone());
-        }
-        let Ok(mut out) = out.body(if client_upgrade.is_some() {
-            full(bytes::Bytes::new())
-        } else {
-            body.boxed()
-        }) else {
-            return fail(MeshError::BadRequest, "invalid request".into());
-        };
-        *out.headers_mut() = parts.headers;
-        if client_upgrade.is_some() {
-            out.extensions_mut()
-                .insert(Protocol::from_static("websocket"));
-            out.headers_mut().remove("sec-websocket-key");
-            out.headers_mut()
-                .entry("sec-websocket-version")
-                .or_insert(HeaderValue::from_static("13"));
-        }
-
-        // Known from the config alone, whatever the state of the endpoints.
-        if grpc && config.protocol_of(&route.service) == Selector::Http {
-            return fail(MeshError::GrpcToHttp1, grpc_to_http_message(&route.service));
-        }
-        let prefer_region = Some(route.prefer_region.as_str()).filter(|r| !r.is_empty());
-        let send = self
-            .upstreams
-            .send(&config, &route.service, prefer_region, out);
-        let result = if grpc || client_upgrade.is_some() {
-            send.await
-        } else {
-            match tokio::time::timeout(self.upstream_timeout, send).await {
-                Ok(r) => r,
-                Err(_) => Err((
-                    MeshError::UpstreamTimeout,
-                    format!(
-                        "{} did not answer within {:?}",
-                        route.service, self.upstream_timeout
-                    ),
-                )),
-            }
-        };
-        let up = match result {
-            Ok(up) => up,
-            Err((e, msg)) => return fail(e, msg),
-        };
-        let endpoint = up.endpoint.clone();
-        let (mut rparts, rbody) = up.response.into_parts();
-        translate::response(&mut rparts.headers);
-        // Only the mesh may set its error header. Behind `http` the inbound sidecar
-        // translates every response and strips the app's copy, so what arrives here was
-        // set by the mesh; behind the other selectors the gateway's HTTP/2 reaches the app
-        // untouched, so the app's copy must go here.
-        if config.protocol_of(&route.service) != Selector::Http {
-            rparts.headers.remove(ERROR_CODE_HEADER);
-        }
-        if !route.rewrite_host.is_empty() {
-            rewrite_location(
-                &mut rparts.headers,
-                &route.rewrite_host,
-                &authority,
-                info.tls,
-            );
-        }
-
-        if let Some(client_upgrade) = client_upgrade {
-            if !rparts.status.is_success() {
-                return (Response::from_parts(rparts, rbody.boxed()), endpoint);
-            }
-            let mut resp = Response::new(full(bytes::Bytes::new()));
-            if websocket_h1 {
-                *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                let h = resp.headers_mut();
-                h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                if let Some(v) = client_key
-                    .and_then(|k| HeaderValue::from_str(&ws::accept_key(k.as_bytes())).ok())
-                {
-                    h.insert("sec-websocket-accept", v);
-                }
-            }
-            for name in ["sec-websocket-protocol", "sec-websocket-extensions"] {
-                if let Some(v) = rparts.headers.get(name) {
-                    resp.headers_mut()
-                        .insert(HeaderName::from_static(name), v.clone());
-                }
-            }
-            let upstream_resp = Response::from_parts(rparts, rbody);
-            tokio::spawn(async move {
-                let _hold = up._inflight;
-                if let (Ok(c), Ok(u)) = (
-                    client_upgrade.await,
-                    hyper::upgrade::on(upstream_resp).await,
-                ) {
-                    let _ = splice(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
-                }
-            });
-            return (resp, endpoint);
-        }
-        let inflight = up._inflight;
-        let body = rbody
-            .map_frame(move |f| {
-                let _ = &inflight;
-                f
-            })
-            .boxed();
-        (Response::from_parts(rparts, body), endpoint)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn forwarding_headers_append_and_overwrite() {
-        let mut h = HeaderMap::new();
-        h.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        h.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.insert("x-forwarded-host", HeaderValue::from_static("evil"));
-        let info = ConnInfo {
-            peer: "10.9.8.7:5555".parse().unwrap(),
-            tls: false,
-            sni: None,
-            protocol: "h1",
-        };
-        forwarding(&mut h, &info, "api.example.com");
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.9.8.7");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "api.example.com");
-    }
 
     #[test]
     fn location_is_rewritten_back() {

@@ -7,30 +7,6 @@
 
 use crate::control::config::{MeshConfig, RouteEntry};
 
-/// Normalises a Host/`:authority` for matching: lowercase, no port, no trailing dot.
-/// Returns `None` for values that are not a plausible host (userinfo, empty).
-pub fn normalize_host(authority: &str) -> Option<String> {
-    let a = authority.trim();
-    if a.is_empty() || a.contains('@') {
-        return None;
-    }
-    let host = if let Some(rest) = a.strip_prefix('[') {
-        // IPv6 literal: keep the brackets' content.
-        rest.split(']').next()?.to_owned()
-    } else {
-        match a.rsplit_once(':') {
-            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => {
-                port.parse::<u16>().ok()?;
-                h.to_owned()
-            }
-            Some(_) => return None,
-            None => a.to_owned(),
-        }
-    };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
-}
-
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
         return true;
@@ -113,17 +89,5 @@ mod tests {
             "a wildcard never covers its parent"
         );
         assert_eq!(svc("other.org", "/"), None);
-    }
-
-    #[test]
-    fn hosts_normalise() {
-        assert_eq!(
-            normalize_host("API.Example.com.:8443").as_deref(),
-            Some("api.example.com")
-        );
-        assert_eq!(normalize_host("[::1]:80").as_deref(), Some("::1"));
-        assert_eq!(normalize_host("a@b"), None);
-        assert_eq!(normalize_host("a:99999"), None);
-        assert_eq!(normalize_host(""), None);
     }
 }

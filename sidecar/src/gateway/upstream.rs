@@ -1,208 +1,323 @@
-//! Requests from the gateway into the mesh: each goes as HTTP/2 over a tunnel stream to
-//! an endpoint of the route's service. One such inner HTTP/2 connection per endpoint
-//! carries many requests; the inbound sidecar then delivers per the service's selector
-//! (translating to HTTP/1.1 for `http`, splicing for `http2`/`grpc`).
+//! Requests from the gateway into the mesh. Each request is one stream on a pooled
+//! mTLS HTTP/2 connection straight to an endpoint's inbound port, with ALPN
+//! `weft-http/2`; the inbound serves it with its translating server per the service's
+//! selector. No tunnel and no HTTP/2 inside HTTP/2: one HTTP/2 layer from the gateway
+//! to the last hop.
+//!
+//! Per endpoint: up to [`CONNS_PER_ENDPOINT`] connections, each carrying up to
+//! [`MESH_MAX_STREAMS`] streams (a second connection opens when the first is full);
+//! beyond that, requests wait in a queue of [`ENDPOINT_QUEUE`] and then get 503
+//! `WEFT-11` (or go to another endpoint). The connections' windows cover all their
+//! streams ([`crate::http::limits`]), so a public client that stops reading holds its
+//! own streams' windows and never slows another client's streams.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use parking_lot::RwLock;
 
-use crate::control::config::{MeshConfig, Selector};
-use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, full};
-use crate::inbound::app::MAX_HEADER_BYTES;
+use crate::control::config::MeshConfig;
+use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, Rejection, full};
+use crate::http::limits::{self, Limiter, MESH_MAX_STREAMS, Slot};
+use crate::outbound::attempts::Attempts;
 use crate::outbound::balance::{Balancer, InFlight};
-use crate::tunnel::client::{Target, TunnelPool};
-use crate::tunnel::{CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::tls::{MeshAlpn, MeshTls};
+use crate::tunnel::client::{PeerKey, Target, TunnelError, connect_tls};
 
-/// Endpoints tried for one request before giving up (only before anything was sent).
-const MAX_ATTEMPTS: usize = 3;
+/// Mesh HTTP/2 connections one gateway keeps to one endpoint at most.
+pub const CONNS_PER_ENDPOINT: usize = 4;
+/// Requests waiting for a stream to one endpoint before the gateway answers 503.
+pub const ENDPOINT_QUEUE: usize = 1024;
 
-/// Inner HTTP/2 connections to endpoints, keyed by endpoint id. Each remembers the
-/// service's selector it was opened under: the inbound sidecar fixes how it delivers a
-/// connection when it opens, so after `weftctl service set-protocol` the next request
-/// opens a new connection (the old one finishes its streams and closes).
+/// The gateway's mesh HTTP connections, per endpoint.
 pub struct Upstreams {
-    tunnel: Arc<TunnelPool>,
+    tls: Arc<MeshTls>,
     balancer: Arc<Balancer>,
-    conns: DashMap<String, (Selector, SendRequest<Body>)>,
-    connecting: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    endpoints: DashMap<PeerKey, Arc<Endpoint>>,
 }
 
-/// A response and the load it holds on its endpoint.
+/// What a response holds on its endpoint until its body is done with (or, for a
+/// WebSocket, until the socket closes): load for the balancer, a stream slot.
+pub struct Hold {
+    _inflight: InFlight,
+    _slot: Slot,
+    _stream: StreamGuard,
+}
+
+/// A response from an endpoint.
 pub struct Upstream {
     pub response: Response<Incoming>,
+    /// The endpoint's address, for the access log.
     pub endpoint: String,
-    pub _inflight: InFlight,
+    pub hold: Hold,
 }
 
-impl Upstreams {
-    pub fn new(tunnel: Arc<TunnelPool>, balancer: Arc<Balancer>) -> Arc<Self> {
-        Arc::new(Upstreams {
-            tunnel,
-            balancer,
-            conns: DashMap::new(),
-            connecting: DashMap::new(),
+/// One endpoint's connections.
+struct Endpoint {
+    slots: Limiter,
+    conns: RwLock<Vec<Conn>>,
+    /// Serialises opening connections, so a burst opens one, not one per request.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+struct Conn {
+    sender: SendRequest<Body>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// Counts one open stream on a connection until dropped.
+struct StreamGuard(Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Conn {
+    /// A stream on this connection if it is alive and has one free.
+    fn take(&self) -> Option<(SendRequest<Body>, StreamGuard)> {
+        if self.sender.is_closed() {
+            return None;
+        }
+        // Inbounds advertise MESH_MAX_STREAMS (this build's limits apply both ends).
+        let max = MESH_MAX_STREAMS as usize;
+        self.streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some((self.sender.clone(), StreamGuard(self.streams.clone())))
+    }
+}
+
+impl Endpoint {
+    fn new() -> Self {
+        Endpoint {
+            slots: Limiter::new(
+                CONNS_PER_ENDPOINT * MESH_MAX_STREAMS as usize,
+                ENDPOINT_QUEUE,
+            ),
+            conns: RwLock::new(Vec::new()),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// A stream on the first live connection that has one free: connections fill up
+    /// in turn, so a second one opens only when the first is full.
+    fn pick(&self) -> Option<(SendRequest<Body>, StreamGuard)> {
+        self.conns.read().iter().find_map(Conn::take)
+    }
+
+    /// A stream to the endpoint, opening a connection when none has one free.
+    async fn stream(
+        &self,
+        tls: &MeshTls,
+        target: &Target,
+    ) -> Result<(SendRequest<Body>, StreamGuard), TunnelError> {
+        if let Some(s) = self.pick() {
+            return Ok(s);
+        }
+        let _opening = self.connecting.lock().await;
+        if let Some(s) = self.pick() {
+            return Ok(s);
+        }
+        let conn = open(tls, target).await?;
+        let stream = conn.take();
+        {
+            let mut conns = self.conns.write();
+            conns.retain(|c| !c.sender.is_closed());
+            if conns.len() >= CONNS_PER_ENDPOINT {
+                // Every connection is busy: the new one replaces the busiest. (The slots
+                // bound the streams, so this only happens while one is closing.)
+                conns.sort_by_key(|c| c.streams.load(Ordering::Relaxed));
+                conns.pop();
+            }
+            conns.push(conn);
+        }
+        stream.ok_or_else(|| TunnelError::Timeout {
+            addr: target.address.clone(),
         })
     }
 
-    /// The open connection to endpoint `id` under selector `protocol`, if any.
-    fn pooled(&self, id: &str, protocol: Selector) -> Option<SendRequest<Body>> {
-        self.conns
-            .get(id)
-            .filter(|c| c.0 == protocol && !c.1.is_closed())
-            .map(|c| c.1.clone())
+    /// Forgets a connection that refused a stream (it is closing).
+    fn forget(&self, sender: &SendRequest<Body>) {
+        let _ = sender;
+        self.conns.write().retain(|c| !c.sender.is_closed());
+    }
+}
+
+/// Opens a mesh HTTP connection to `target`.
+async fn open(tls: &MeshTls, target: &Target) -> Result<Conn, TunnelError> {
+    let io = connect_tls(tls, target, MeshAlpn::Http).await?;
+    let (sender, conn) = limits::mesh_h2_client()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|err| TunnelError::Http {
+            addr: target.address.clone(),
+            err,
+        })?;
+    let peer = target.address.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "mesh HTTP connection ended");
+        }
+    });
+    Ok(Conn {
+        sender,
+        streams: Arc::new(AtomicUsize::new(0)),
+    })
+}
+
+impl Upstreams {
+    pub fn new(tls: Arc<MeshTls>, balancer: Arc<Balancer>) -> Arc<Self> {
+        Arc::new(Upstreams {
+            tls,
+            balancer,
+            endpoints: DashMap::new(),
+        })
     }
 
-    async fn connection(
-        &self,
-        target: &Target,
-        id: &str,
-        protocol: Selector,
-    ) -> Result<SendRequest<Body>, String> {
-        if let Some(s) = self.pooled(id, protocol) {
-            return Ok(s);
+    fn endpoint(&self, key: PeerKey) -> Arc<Endpoint> {
+        if let Some(e) = self.endpoints.get(&key) {
+            return e.clone();
         }
-        let lock = self.connecting.entry(id.to_owned()).or_default().clone();
-        let _guard = lock.lock().await;
-        if let Some(s) = self.pooled(id, protocol) {
-            return Ok(s);
-        }
-        let io = self.tunnel.open(target).await.map_err(|e| e.to_string())?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_header_list_size(MAX_HEADER_BYTES as u32 + 64 * 1024)
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| format!("HTTP/2 with {} failed: {e}", target.address))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "inner HTTP/2 connection ended");
-            }
-        });
-        self.conns.insert(id.to_owned(), (protocol, sender.clone()));
-        Ok(sender)
+        self.endpoints
+            .entry(key)
+            .or_insert_with(|| Arc::new(Endpoint::new()))
+            .clone()
     }
 
     /// Sends `req` to an endpoint of `service`, in `prefer_region` first when the route
-    /// names one. A request that was not sent (no tunnel, closed connection) is retried
-    /// on another endpoint, and so is a request without a body that an endpoint answered
-    /// with "my app is not accepting connections" (nothing reached the app).
+    /// names one (the endpoint retry loop: [`Attempts`]). A request that was not sent
+    /// (no connection, a connection closing) goes to another endpoint, and so does a
+    /// request without a body that an endpoint answered with "my app is not accepting
+    /// connections" (nothing reached the app).
     pub async fn send(
         &self,
         config: &MeshConfig,
         service: &str,
         prefer_region: Option<&str>,
         mut req: Request<Body>,
-    ) -> Result<Upstream, (MeshError, String)> {
-        let mut tried = Vec::new();
-        let mut last = String::new();
-        // Only behind `http` can an endpoint say "nothing reached my app" (see below);
-        // elsewhere, keeping a copy would be a wasted allocation per request.
-        let replay = if config.protocol_of(service) == Selector::Http {
-            Replay::of(&req)
-        } else {
-            None
-        };
+    ) -> Result<Upstream, Rejection> {
+        let replay = Replay::of(&req);
         // The last "app unavailable" answer, returned if no other endpoint takes it.
         let mut unavailable = None;
-        for _ in 0..MAX_ATTEMPTS {
-            let Some(ep) = self.balancer.pick(config, service, &tried, prefer_region) else {
-                break;
-            };
+        let mut last = None;
+        let mut attempts = Attempts::new(&self.balancer, config, service, prefer_region);
+        while let Some(ep) = attempts.next() {
             // The gateway sits on the border (it reaches other regions' ingresses).
-            let target = Target::for_endpoint(&ep, service, self.balancer.region(), None);
-            let inflight = self.balancer.start(&ep.id);
-            let protocol = config.protocol_of(service);
-            let mut sender = match self.connection(&target, &ep.id, protocol).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(service, endpoint = %ep.address, error = %e, "endpoint failed; trying another");
-                    self.balancer.eject(&ep.address);
-                    last = e;
-                    tried.push(ep.id);
+            let target = Target::for_endpoint(ep, service, self.balancer.region(), None);
+            let endpoint = self.endpoint(PeerKey::of(&target));
+            let slot = match endpoint.slots.admit().await {
+                Ok(slot) => slot,
+                Err(busy) => {
+                    tracing::info!(service, endpoint = %ep.address, %busy, "endpoint overloaded; trying another");
+                    last = Some(Rejection::new(
+                        MeshError::Overloaded,
+                        format!("service {service} is overloaded; retry later"),
+                    ));
+                    attempts.skipped(ep);
                     continue;
                 }
             };
-            if sender.ready().await.is_err() {
-                self.conns.remove(&ep.id);
-                tried.push(ep.id);
-                continue;
-            }
+            let inflight = self.balancer.start(&ep.id);
+            let (mut sender, stream) = match endpoint.stream(&self.tls, &target).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(service, endpoint = %ep.address, error = %e, "endpoint failed; trying another");
+                    attempts.refused(ep);
+                    continue;
+                }
+            };
+            let hold = Hold {
+                _inflight: inflight,
+                _slot: slot,
+                _stream: stream,
+            };
             match sender.try_send_request(req).await {
                 Ok(response) => {
-                    if let Some(again) = replay.as_ref().filter(|_| {
-                        // Behind `http` the inbound strips the app's copy of the
-                        // header: this one is the sidecar's own.
-                        protocol == Selector::Http && app_unavailable(&response)
-                    }) {
+                    if let Some(again) = replay.as_ref().filter(|_| app_unavailable(&response)) {
                         tracing::info!(service, endpoint = %ep.address, "the endpoint's app is not accepting connections; trying another");
-                        self.balancer.eject(&ep.address);
-                        tried.push(ep.id);
+                        attempts.refused(ep);
                         req = again.request();
                         unavailable = Some(Upstream {
                             response,
-                            endpoint: ep.address,
-                            _inflight: inflight,
+                            endpoint: ep.address.clone(),
+                            hold,
                         });
                         continue;
                     }
-                    self.balancer.succeeded(&ep.address);
+                    attempts.succeeded(ep);
                     return Ok(Upstream {
                         response,
-                        endpoint: ep.address,
-                        _inflight: inflight,
+                        endpoint: ep.address.clone(),
+                        hold,
                     });
                 }
-                Err(mut e) => {
-                    let msg = e.error().to_string();
-                    match e.take_message() {
-                        // Never sent: safe to try elsewhere.
-                        Some(back) => {
-                            self.conns.remove(&ep.id);
-                            req = back;
-                            last = msg;
-                            tried.push(ep.id);
-                        }
-                        None => {
-                            return Err((
-                                MeshError::UpstreamFailed,
-                                format!("{service} at {} failed: {msg}", ep.address),
-                            ));
-                        }
+                Err(mut e) => match e.take_message() {
+                    // Never sent: safe to try elsewhere.
+                    Some(back) => {
+                        tracing::debug!(service, endpoint = %ep.address, error = %e.error(), "request not sent; trying another endpoint");
+                        endpoint.forget(&sender);
+                        attempts.skipped(ep);
+                        req = back;
                     }
-                }
+                    None => {
+                        tracing::info!(service, endpoint = %ep.address, error = %e.error(), "upstream failed");
+                        return Err(Rejection::new(
+                            MeshError::UpstreamFailed,
+                            format!("service {service} failed: {}", e.error()),
+                        ));
+                    }
+                },
             }
         }
         if let Some(up) = unavailable {
             return Ok(up);
         }
-        if tried.is_empty() {
-            Err((
-                MeshError::NoEndpoint,
-                format!("no healthy endpoint for service {service}"),
-            ))
-        } else {
-            Err((
-                MeshError::UpstreamFailed,
-                format!("no endpoint of {service} could take the request: {last}"),
-            ))
-        }
+        Err(last.unwrap_or_else(|| {
+            if attempts.made() == 0 {
+                Rejection::new(
+                    MeshError::NoEndpoint,
+                    format!("no healthy endpoint for service {service}"),
+                )
+            } else {
+                Rejection::new(
+                    MeshError::UpstreamFailed,
+                    format!("no endpoint of service {service} could take the request"),
+                )
+            }
+        }))
     }
 
-    /// Drops connections to endpoints no longer in the config.
+    /// Drops the connections of endpoints no longer in the config (their open streams
+    /// finish first).
     pub fn retain(&self, config: &MeshConfig) {
-        self.conns.retain(|id, _| config.endpoints.contains_key(id));
+        let addrs: std::collections::HashSet<&str> = config
+            .endpoints
+            .values()
+            .flat_map(|e| [e.address.as_str(), e.ingress_address.as_str()])
+            .collect();
+        self.endpoints
+            .retain(|key, _| addrs.contains(key.address.as_str()));
+    }
+
+    /// Open mesh connections (for the admin's metrics).
+    pub fn connections(&self) -> usize {
+        self.endpoints.iter().map(|e| e.conns.read().len()).sum()
     }
 }
 
-/// Whether an inbound sidecar answered that its app refused the connection.
+/// Whether an inbound answered that its app refused the connection. The inbound
+/// strips the app's own copy of the header, so this one is the inbound's.
 fn app_unavailable(response: &Response<Incoming>) -> bool {
     response
         .headers()
@@ -223,7 +338,8 @@ impl Replay {
     /// Only requests whose body has already ended can be sent twice (the body of
     /// the others streams through and is gone once sent).
     fn of(req: &Request<Body>) -> Option<Self> {
-        req.body().is_end_stream().then(|| Replay {
+        // A WebSocket's CONNECT carries its protocol in an extension: never replayed.
+        (req.body().is_end_stream() && req.method() != Method::CONNECT).then(|| Replay {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),

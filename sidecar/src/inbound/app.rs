@@ -1,23 +1,41 @@
-//! Clients towards the local app: a pooled HTTP/1.1 client and a shared h2c (prior
-//! knowledge) client. Both dial the app's address whatever the request URI says, so the
-//! URI can carry the request's own authority (which becomes `Host` or `:authority`).
+//! Requests to the local app, per the service's selector: the one place where the
+//! inbound forwards an HTTP request, whoever sent it (a gateway on a mesh HTTP
+//! connection, or a client inside a tunnel stream that speaks another HTTP version).
+//!
+//! Clients: a pooled HTTP/1.1 client and a shared h2c (prior knowledge) client. Both
+//! dial the app's address whatever the request URI says, so the URI carries the
+//! request's own authority (which becomes `Host` or `:authority`). Requests in
+//! progress towards the app are bounded ([`APP_SLOTS`], then a queue of [`APP_QUEUE`]);
+//! beyond that the answer is 503 `WEFT-11`.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Method, Request, Response, Version};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::errors::Body;
+use super::Delivery;
+use crate::control::config::Selector;
+use crate::errors::{Body, MeshError, Rejection, Respond, boxed, full, grpc_to_http_message};
+use crate::http::limits::{self, Limiter, Slot};
+use crate::http::{authority, convert, ws};
+use crate::tunnel::io::H2Io;
 
-/// Largest response header section accepted from the app (1 MB policy).
-pub const MAX_HEADER_BYTES: usize = 1 << 20;
+/// Requests in progress towards the app at once.
+pub const APP_SLOTS: usize = 1024;
+/// Requests waiting for one of the [`APP_SLOTS`] before the inbound answers 503.
+pub const APP_QUEUE: usize = 1024;
 
 /// Connects to the app, ignoring the URI. A refused connection wakes the app probe, so
 /// the control plane learns that the app is down (and stops sending traffic here) at
@@ -26,6 +44,16 @@ pub const MAX_HEADER_BYTES: usize = 1 << 20;
 pub struct AppConnector {
     pub addr: SocketAddr,
     pub refused: Arc<Notify>,
+}
+
+impl AppConnector {
+    async fn connect(&self) -> std::io::Result<TcpStream> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .inspect_err(|_| self.refused.notify_one())?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
 }
 
 impl tower::Service<http::Uri> for AppConnector {
@@ -38,24 +66,17 @@ impl tower::Service<http::Uri> for AppConnector {
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let addr = self.addr;
-        let refused = self.refused.clone();
-        Box::pin(async move {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .inspect_err(|_| refused.notify_one())?;
-            tcp.set_nodelay(true)?;
-            Ok(TokioIo::new(tcp))
-        })
+        let this = self.clone();
+        Box::pin(async move { this.connect().await.map(TokioIo::new) })
     }
 }
 
 /// The HTTP clients of one inbound, towards its app.
-#[derive(Clone)]
 pub struct AppClients {
-    pub addr: SocketAddr,
-    pub h1: Client<AppConnector, Body>,
-    pub h2: Client<AppConnector, Body>,
+    connector: AppConnector,
+    h1: Client<AppConnector, Body>,
+    h2: Client<AppConnector, Body>,
+    slots: Limiter,
 }
 
 impl AppClients {
@@ -65,20 +86,255 @@ impl AppClients {
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
-            .http1_max_buf_size(MAX_HEADER_BYTES + 64 * 1024)
+            .http1_max_buf_size(limits::MAX_HEADER_BYTES + 64 * 1024)
             .set_host(true)
             .build(connector.clone());
         // No keepalive pings and no adaptive window: gRPC servers count pings as strikes
-        // and answer ENHANCE_YOUR_CALM (HTTP-CONFORMANCE item 60).
+        // and answer ENHANCE_YOUR_CALM. The connection window never binds, so a stream
+        // whose reader stalls holds only its own window.
         let h2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(Duration::from_secs(300))
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .http2_initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
-            .http2_initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW)
-            .http2_max_header_list_size(MAX_HEADER_BYTES as u32)
-            .build(connector);
-        AppClients { addr, h1, h2 }
+            .http2_initial_stream_window_size(limits::MESH_STREAM_WINDOW)
+            .http2_initial_connection_window_size(limits::APP_CONNECTION_WINDOW)
+            .http2_max_header_list_size(limits::MAX_HEADER_BYTES as u32)
+            .build(connector.clone());
+        AppClients {
+            connector,
+            h1,
+            h2,
+            slots: Limiter::new(APP_SLOTS, APP_QUEUE),
+        }
     }
+
+    /// The app's address (for logs, never for messages to clients).
+    pub fn addr(&self) -> SocketAddr {
+        self.connector.addr
+    }
+
+    /// Opens an RFC 8441 WebSocket stream to an h2c app, which must have enabled
+    /// extended CONNECT; one HTTP/2 connection per WebSocket.
+    async fn h2_websocket(
+        &self,
+        req: Request<()>,
+        service: &str,
+    ) -> Result<(Response<h2::RecvStream>, h2::SendStream<Bytes>), Rejection> {
+        let failed = |e: &dyn std::fmt::Display| {
+            tracing::debug!(app = %self.connector.addr, error = %e, "WebSocket to the h2c app failed");
+            Rejection::new(
+                MeshError::UpstreamFailed,
+                format!("the app of service {service} failed the WebSocket handshake"),
+            )
+        };
+        let tcp = self
+            .connector
+            .connect()
+            .await
+            .map_err(|e| app_refused(service, &e))?;
+        let (sender, conn) = h2::client::handshake(tcp).await.map_err(|e| failed(&e))?;
+        tokio::spawn(conn);
+        let mut sender = sender.ready().await.map_err(|e| failed(&e))?;
+        // The app's SETTINGS arrive with its first frames; give them a moment.
+        for _ in 0..50 {
+            if sender.is_extended_connect_protocol_enabled() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if !sender.is_extended_connect_protocol_enabled() {
+            return Err(Rejection::new(
+                MeshError::UpgradeUnsupported,
+                format!(
+                    "service {service} speaks h2c and did not enable extended CONNECT; WebSockets need an app that supports RFC 8441, or selector `http`"
+                ),
+            ));
+        }
+        let (resp, send) = sender.send_request(req, false).map_err(|e| failed(&e))?;
+        let resp = resp.await.map_err(|e| failed(&e))?;
+        Ok((resp, send))
+    }
+}
+
+/// The app refused the connection: nothing was delivered, so a gateway may send the
+/// request to another endpoint (503 `WEFT-2`).
+fn app_refused(service: &str, e: &dyn std::fmt::Display) -> Rejection {
+    tracing::warn!(service, error = %e, "the app refused the connection");
+    Rejection::new(
+        MeshError::NoEndpoint,
+        format!("the app of service {service} is not accepting connections"),
+    )
+}
+
+fn app_failed(service: &str, e: &hyper_util::client::legacy::Error) -> Rejection {
+    if e.is_connect() {
+        return app_refused(service, e);
+    }
+    tracing::debug!(service, error = %e, "app request failed");
+    Rejection::new(
+        MeshError::UpstreamFailed,
+        format!("the app of service {service} failed: {e}"),
+    )
+}
+
+fn version_label(v: Version) -> &'static str {
+    if v == Version::HTTP_2 { "h2" } else { "h1" }
+}
+
+/// Forwards one request to the app per `selector`; the response is for a client
+/// speaking the request's own version. Refusals become the mesh's own responses.
+pub async fn forward(req: Request<Incoming>, selector: Selector, d: &Delivery) -> Response<Body> {
+    let started = Instant::now();
+    let respond = Respond::to(&req);
+    let client = req.version();
+    let to = if selector.app_speaks_h2() {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let resp = match forward_to(req, selector, respond, d).await {
+        Ok(resp) => resp,
+        Err(rejection) => respond.reject(&rejection),
+    };
+    d.metrics.record_request(
+        version_label(client),
+        version_label(to),
+        resp.status().as_u16(),
+        started,
+    );
+    resp
+}
+
+async fn forward_to(
+    mut req: Request<Incoming>,
+    selector: Selector,
+    respond: Respond,
+    d: &Delivery,
+) -> Result<Response<Body>, Rejection> {
+    let service = d.service.as_str();
+    match selector {
+        Selector::Tcp => {
+            return Err(Rejection::new(
+                MeshError::NotHttp,
+                format!(
+                    "service {service} is declared `tcp`: it takes connections, not HTTP requests"
+                ),
+            ));
+        }
+        Selector::Http if respond.is_grpc() => {
+            return Err(Rejection::new(
+                MeshError::GrpcToHttp1,
+                grpc_to_http_message(service),
+            ));
+        }
+        _ => {}
+    }
+    let websocket = ws::form(&req);
+    if websocket.is_none() && req.method() == Method::CONNECT {
+        return Err(Rejection::new(
+            MeshError::Connect,
+            "CONNECT is not supported here",
+        ));
+    }
+    let authority = authority::of_request(&req, Some(&d.authority))?;
+    let client = req.version();
+    let to = if selector.app_speaks_h2() {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let slot = d.apps.slots.admit().await.map_err(|o| {
+        Rejection::new(
+            MeshError::Overloaded,
+            format!("service {service} is overloaded here ({o}); retry later"),
+        )
+    })?;
+    if let Some(form) = websocket {
+        return websocket_to(req, form, authority, to, respond, slot, d).await;
+    }
+    convert::request(&mut req, authority, to, respond)?;
+    let req = req.map(boxed);
+    let sent = if to == Version::HTTP_2 {
+        d.apps.h2.request(req).await
+    } else {
+        d.apps.h1.request(req).await
+    };
+    let resp = sent.map_err(|e| app_failed(service, &e))?;
+    let (parts, body) = convert::response_from_app(resp, client).into_parts();
+    // The slot is held until the response body is done with.
+    let body = body
+        .map_frame(move |f| {
+            let _ = &slot;
+            f
+        })
+        .boxed();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// A WebSocket towards the app: an Upgrade to an HTTP/1.1 app, extended CONNECT to an
+/// h2c app; spliced with the client once the app switched.
+async fn websocket_to(
+    mut req: Request<Incoming>,
+    form: ws::Form,
+    authority: Authority,
+    to: Version,
+    respond: Respond,
+    slot: Slot,
+    d: &Delivery,
+) -> Result<Response<Body>, Rejection> {
+    let service = d.service.as_str();
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let client = req.version();
+    convert::request(&mut req, authority, to, respond)?;
+    if to == Version::HTTP_11 {
+        let expected = ws::to_upgrade(&mut req);
+        let resp = d
+            .apps
+            .h1
+            .request(req.map(|_| full(Bytes::new())))
+            .await
+            .map_err(|e| app_failed(service, &e))?;
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(convert::response_from_app(resp, client));
+        }
+        if !ws::upgraded(&resp, &expected) {
+            return Err(Rejection::new(
+                MeshError::UpstreamFailed,
+                format!(
+                    "the app of service {service} answered the WebSocket handshake incorrectly"
+                ),
+            ));
+        }
+        let switch = ws::switch(&form, resp.headers().clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let (Ok(c), Ok(a)) = (client_upgrade.await, hyper::upgrade::on(resp).await) {
+                let _ = crate::io::splice(&mut TokioIo::new(c), &mut TokioIo::new(a)).await;
+            }
+        });
+        return Ok(switch);
+    }
+    ws::to_extended(&mut req);
+    // The raw h2 client reads its own `:protocol` extension, not hyper's.
+    let mut req = req.map(|_| ());
+    req.extensions_mut().clear();
+    req.extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    let (resp, send) = d.apps.h2_websocket(req, service).await?;
+    if !resp.status().is_success() {
+        let (parts, _) = resp.into_parts();
+        let relayed = Response::from_parts(parts, full(Bytes::new()));
+        return Ok(convert::response_from_app(relayed, client));
+    }
+    let (parts, recv) = resp.into_parts();
+    let switch = ws::switch(&form, parts.headers);
+    let mut app = H2Io::new(send, recv);
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Ok(c) = client_upgrade.await {
+            let _ = crate::io::splice(&mut TokioIo::new(c), &mut app).await;
+        }
+    });
+    Ok(switch)
 }

@@ -1,40 +1,73 @@
-//! Delivering a tunnel stream to the local app, per the service's protocol selector
-//! (DESIGN §2): `tcp` splices; `http`, `http2` and `grpc` splice too when the client
-//! speaks the app's HTTP version, and translate request by request when it does not.
+//! Delivering traffic to the local app, per the service's protocol selector. Two ways
+//! in, told apart by ALPN on the inbound port (see [`crate::tunnel::server`]):
+//!
+//! - a tunnel stream (sidecar outbound traffic, raw bytes): `tcp` splices; `http`,
+//!   `http2` and `grpc` splice too when the client speaks the app's HTTP version, and
+//!   translate request by request when it does not ([`http::serve_translated`]);
+//! - a mesh HTTP connection (from a gateway): every request is forwarded per the
+//!   selector in force when it arrives ([`http::serve_mesh`]).
+//!
+//! Both pass through [`Delivery::admit`] with the caller's verified identity: once per
+//! tunnel stream, once per request on a mesh HTTP connection.
 
 pub mod app;
 pub mod detect;
 pub mod http;
-pub mod translate;
-pub mod ws;
 
 use std::sync::Arc;
 
+use ::http::uri::Authority;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use weft_certs::SpiffeId;
 
-use crate::control::config::Selector;
+use crate::control::config::{MeshConfig, Selector};
+use crate::errors::Rejection;
+use crate::io::splice;
 use crate::metrics::Metrics;
 use app::AppClients;
 
-/// Copy buffer per direction for spliced streams.
-const SPLICE_BUF: usize = 64 * 1024;
+/// Who is calling the inbound: the SPIFFE id verified on the mTLS handshake of the
+/// connection (a sidecar's for tunnel streams, a gateway's for mesh HTTP requests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub id: SpiffeId,
+}
 
-/// What an inbound needs to deliver streams.
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.id.fmt(f)
+    }
+}
+
+/// What an inbound needs to deliver streams and requests.
 pub struct Delivery {
     /// The local service's name (for messages that name the fix).
     pub service: String,
+    /// The service name as an authority: the `Host` of HTTP/1.0 requests without one.
+    pub authority: Authority,
+    /// The config in force: its selector applies to each new stream or request.
+    pub config: watch::Receiver<Arc<MeshConfig>>,
     pub apps: AppClients,
     pub metrics: Arc<Metrics>,
 }
 
-/// Copies bytes both ways until both sides are done; half-closes propagate.
-pub async fn splice<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    tokio::io::copy_bidirectional_with_sizes(a, b, SPLICE_BUF, SPLICE_BUF).await
+impl Delivery {
+    /// The selector of the local service now.
+    pub fn selector(&self) -> Selector {
+        self.config.borrow().protocol_of(&self.service)
+    }
+
+    /// Whether `caller` may reach this service. The one place an inbound decides it:
+    /// every tunnel stream and every request of a mesh HTTP connection pass here, and
+    /// a refusal is a `PermissionDenied` rejection (403 `WEFT-10`, gRPC 7; a tunnel
+    /// stream is refused before any byte reaches the app). Every verified mesh
+    /// identity is admitted until permissions exist.
+    pub fn admit(&self, caller: &Caller) -> Result<(), Rejection> {
+        let _ = caller;
+        Ok(())
+    }
 }
 
 /// Delivers one tunnel stream, already connected to the app, per `selector`.
@@ -42,15 +75,12 @@ pub async fn deliver<T>(selector: Selector, mut tunnel: T, mut app: TcpStream, d
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let app_h2 = match selector {
-        Selector::Http => false,
-        Selector::Http2 | Selector::Grpc => true,
-        Selector::Tcp => {
-            let r = splice(&mut tunnel, &mut app).await;
-            d.metrics.record_splice("tcp", &r);
-            return;
-        }
-    };
+    if selector == Selector::Tcp {
+        let r = splice(&mut tunnel, &mut app).await;
+        d.metrics.record_splice("tcp", &r);
+        return;
+    }
+    let app_h2 = selector.app_speaks_h2();
     let (client_h2, peeked) = match detect::sniff(&mut tunnel).await {
         Ok(x) => x,
         Err(e) => {
@@ -70,9 +100,5 @@ where
     }
     drop(app);
     let io = detect::Rewind::new(peeked, tunnel);
-    if client_h2 {
-        http::serve_h2_to_h1(io, d).await;
-    } else {
-        http::serve_h1_to_h2(io, d).await;
-    }
+    http::serve_translated(io, client_h2, selector, d).await;
 }

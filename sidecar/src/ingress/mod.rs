@@ -27,8 +27,9 @@ use crate::control::bundle_sync::spawn_bundle_sync;
 use crate::control::client::{DiscoveryClient, HelloInfo};
 use crate::control::config::MeshConfig;
 use crate::control::state_dir::StateDir;
-use crate::inbound::splice;
+use crate::io::splice;
 use crate::metrics::{ActiveGuard, DirLabel, Metrics, ResultLabel};
+use crate::serve::{self, Drainer, Listener};
 use crate::tls::MeshTls;
 use crate::tunnel::client::TunnelPool;
 use sni::Sni;
@@ -47,6 +48,8 @@ pub struct IngressConfig {
     pub advertise: Option<String>,
     pub admin: SocketAddr,
     pub state_dir: Option<PathBuf>,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
 }
 
 fn count(metrics: &Metrics, result: &'static str) {
@@ -88,7 +91,6 @@ async fn handle(
     own_address: Arc<str>,
     metrics: Arc<Metrics>,
 ) {
-    let _ = tcp.set_nodelay(true);
     let mut buf = Vec::with_capacity(2048);
     let read_hello = async {
         loop {
@@ -216,28 +218,35 @@ pub async fn run(
     tracing::info!(ingress = %claims.name, region = %cfg.region, listen = %cfg.listen, advertise = %advertise, "weft ingress running");
     let region: Arc<str> = cfg.region.as_str().into();
     let own_address: Arc<str> = advertise.as_str().into();
-    let accept = async {
-        loop {
-            match listener.accept().await {
-                Ok((tcp, _)) => {
-                    tokio::spawn(handle(
-                        tcp,
-                        handles.config.clone(),
-                        region.clone(),
-                        own_address.clone(),
-                        metrics.clone(),
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    };
-    tokio::select! {
-        _ = accept => {}
-        _ = shutdown => {}
+    let (drainer, drain) = Drainer::new();
+    let config = handles.config.clone();
+    let m = metrics.clone();
+    tokio::spawn(serve::accept(
+        Listener {
+            listener,
+            direction: "ingress",
+            max_connections: cfg.max_connections,
+        },
+        metrics,
+        drain,
+        move |tcp, _peer, _drain| {
+            handle(
+                tcp,
+                config.clone(),
+                region.clone(),
+                own_address.clone(),
+                m.clone(),
+            )
+        },
+    ));
+    shutdown.await;
+    // Spliced connections carry TLS the ingress cannot read: they finish on their own.
+    let left = drainer.drain(cfg.drain_timeout).await;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "drain timeout reached; closing the connections still open"
+        );
     }
     Ok(())
 }

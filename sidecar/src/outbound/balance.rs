@@ -64,21 +64,21 @@ impl Balancer {
     /// the healthy, non-ejected endpoints: those in `prefer_region` (a route's
     /// preference; `None` or empty for none) if there are any, else those in the
     /// caller's region if there are any, else all of them.
-    pub fn pick(
+    pub fn pick<'a>(
         &self,
-        config: &MeshConfig,
+        config: &'a MeshConfig,
         service: &str,
         exclude: &[String],
         prefer_region: Option<&str>,
-    ) -> Option<EndpointEntry> {
+    ) -> Option<&'a EndpointEntry> {
         let now = Instant::now();
-        let usable: Vec<&EndpointEntry> = config
+        let usable: Vec<&'a EndpointEntry> = config
             .endpoints
             .values()
             .filter(|e| e.service == service && e.healthy && !exclude.contains(&e.id))
             .filter(|e| !self.is_ejected(&e.address, now))
             .collect();
-        let in_region = |region: &str| -> Vec<&EndpointEntry> {
+        let in_region = |region: &str| -> Vec<&'a EndpointEntry> {
             usable
                 .iter()
                 .copied()
@@ -111,7 +111,7 @@ impl Balancer {
                 }
             }
         };
-        Some(chosen.clone())
+        Some(chosen)
     }
 
     /// Counts a connection to `id` until the guard drops.
@@ -202,7 +202,7 @@ mod tests {
         ]);
         let us = Some("us");
         for _ in 0..50 {
-            let id = b.pick(&c, "web", &[], us).unwrap().id;
+            let id = b.pick(&c, "web", &[], us).unwrap().id.clone();
             assert!(id == "b" || id == "c", "preferred region first, got {id}");
         }
         // Empty or absent preference: the caller's own region, as before.

@@ -3,24 +3,25 @@
 //! tunnel stream to an endpoint of that service. The outbound never parses what it
 //! carries: translation happens only at the last hop.
 
+pub mod attempts;
 pub mod balance;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::control::config::MeshConfig;
-use crate::inbound::splice;
+use crate::io::splice;
 use crate::metrics::{ActiveGuard, DirLabel, Metrics, ResultLabel};
-use crate::tunnel::client::{Target, TunnelPool};
+use crate::serve::{self, Drain};
+use crate::tunnel::client::{Target, TunnelError, TunnelPool};
+use attempts::Attempts;
 use balance::Balancer;
-
-/// Endpoints tried for one connection before giving up.
-const MAX_ATTEMPTS: usize = 3;
 
 /// Owns the outbound listeners and reconciles them with the config.
 pub struct Outbound {
@@ -29,6 +30,7 @@ pub struct Outbound {
     balancer: Arc<Balancer>,
     config: watch::Receiver<Arc<MeshConfig>>,
     metrics: Arc<Metrics>,
+    drain: Drain,
     /// Sockets bound while validating a config, handed to the listener when it applies.
     prebound: Mutex<HashMap<u16, std::net::TcpListener>>,
     listeners: Mutex<HashMap<String, (u16, JoinHandle<()>)>>,
@@ -41,6 +43,7 @@ impl Outbound {
         balancer: Arc<Balancer>,
         config: watch::Receiver<Arc<MeshConfig>>,
         metrics: Arc<Metrics>,
+        drain: Drain,
     ) -> Arc<Self> {
         Arc::new(Outbound {
             ip,
@@ -48,26 +51,21 @@ impl Outbound {
             balancer,
             config,
             metrics,
+            drain,
             prebound: Mutex::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
         })
     }
 
     fn listening_ports(&self) -> HashSet<u16> {
-        match self.listeners.lock() {
-            Ok(l) => l.values().map(|(p, _)| *p).collect(),
-            Err(p) => p.into_inner().values().map(|(p, _)| *p).collect(),
-        }
+        self.listeners.lock().values().map(|(p, _)| *p).collect()
     }
 
     /// Checks that every port a candidate config needs can be bound (binding it now and
     /// keeping the socket), so an update that cannot apply is nacked with the reason.
     pub fn validate(&self, candidate: &MeshConfig) -> Result<(), String> {
         let listening = self.listening_ports();
-        let mut prebound = match self.prebound.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut prebound = self.prebound.lock();
         for svc in candidate.services.values() {
             if svc.port == 0 || listening.contains(&svc.port) || prebound.contains_key(&svc.port) {
                 continue;
@@ -87,10 +85,7 @@ impl Outbound {
 
     /// Opens listeners for new service ports, closes those of removed services.
     pub fn reconcile(self: &Arc<Self>, config: &MeshConfig) {
-        let mut listeners = match self.listeners.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut listeners = self.listeners.lock();
         let wanted: HashMap<&str, u16> = config
             .services
             .values()
@@ -109,13 +104,7 @@ impl Outbound {
             if listeners.contains_key(name) {
                 continue;
             }
-            let std_listener = {
-                let mut prebound = match self.prebound.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
-                prebound.remove(&port)
-            };
+            let std_listener = self.prebound.lock().remove(&port);
             let std_listener = match std_listener {
                 Some(l) => l,
                 None => match std::net::TcpListener::bind(SocketAddr::new(self.ip, port))
@@ -137,21 +126,20 @@ impl Outbound {
             };
             tracing::info!(service = name, addr = %SocketAddr::new(self.ip, port), "outbound listener open");
             let this = self.clone();
-            let service = name.to_owned();
-            let task = tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((tcp, _)) => {
-                            let (this, service) = (this.clone(), service.clone());
-                            tokio::spawn(async move { this.carry(tcp, &service).await });
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "outbound accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            });
+            let service: Arc<str> = name.into();
+            let task = tokio::spawn(serve::accept(
+                serve::Listener {
+                    listener,
+                    direction: "outbound",
+                    max_connections: serve::DEFAULT_MAX_CONNECTIONS,
+                },
+                self.metrics.clone(),
+                self.drain.clone(),
+                move |tcp, _peer, _drain| {
+                    let (this, service) = (this.clone(), service.clone());
+                    async move { this.carry(tcp, &service).await }
+                },
+            ));
             listeners.insert(name.to_owned(), (port, task));
         }
         self.balancer.retain(config);
@@ -165,18 +153,13 @@ impl Outbound {
 
     /// Stops every listener (shutdown: stop accepting, let open connections finish).
     pub fn close_all(&self) {
-        let mut listeners = match self.listeners.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        for (_, (_, task)) in listeners.drain() {
+        for (_, (_, task)) in self.listeners.lock().drain() {
             task.abort();
         }
     }
 
     /// Carries one accepted connection to an endpoint of `service`.
     async fn carry(&self, mut client: TcpStream, service: &str) {
-        let _ = client.set_nodelay(true);
         let count = |result| {
             self.metrics
                 .connections
@@ -186,12 +169,9 @@ impl Outbound {
                 })
                 .inc();
         };
-        let mut tried = Vec::new();
-        for _ in 0..MAX_ATTEMPTS {
-            let config = self.config.borrow().clone();
-            let Some(ep) = self.balancer.pick(&config, service, &tried, None) else {
-                break;
-            };
+        let config = self.config.borrow().clone();
+        let mut attempts = Attempts::new(&self.balancer, &config, service, None);
+        while let Some(ep) = attempts.next() {
             // A sidecar's network may reach only its own region: other regions are
             // reached through this region's ingress when there is one (looked up only
             // for those, not on every same-region connection).
@@ -199,11 +179,11 @@ impl Outbound {
             let egress = (ep.region != region)
                 .then(|| config.region_ingress(region))
                 .flatten();
-            let target = Target::for_endpoint(&ep, service, region, egress);
+            let target = Target::for_endpoint(ep, service, region, egress);
             let inflight = self.balancer.start(&ep.id);
             match self.pool.open(&target).await {
                 Ok(mut tunnel) => {
-                    self.balancer.succeeded(&ep.address);
+                    attempts.succeeded(ep);
                     count("tunneled");
                     self.metrics.tunnel_pool.set(self.pool.size() as i64);
                     let _active = ActiveGuard::new(&self.metrics, "outbound");
@@ -219,17 +199,24 @@ impl Outbound {
                     drop(inflight);
                     return;
                 }
+                Err(TunnelError::Refused { status, .. })
+                    if status == http::StatusCode::FORBIDDEN =>
+                {
+                    // A permission refusal: no other endpoint would decide otherwise.
+                    count("denied");
+                    tracing::info!(service, "the destination refused this service's identity");
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(service, endpoint = %ep.address, error = %e, "endpoint failed; trying another");
-                    self.balancer.eject(&ep.address);
-                    tried.push(ep.id);
+                    attempts.refused(ep);
                 }
             }
         }
         count("no_endpoint");
         tracing::warn!(
             service,
-            tried = tried.len(),
+            tried = attempts.made(),
             "no endpoint could take the connection"
         );
         // Nothing was sent: closing tells the client to retry or fail.

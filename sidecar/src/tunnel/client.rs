@@ -18,7 +18,7 @@ use weft_certs::SpiffeId;
 use super::io::H2Io;
 use super::{CONNECT_TIMEOUT, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use crate::control::config::EndpointEntry;
-use crate::tls::MeshTls;
+use crate::tls::{MeshAlpn, MeshTls};
 
 /// How often an idle tunnel connection is pinged, and how long the answer may take.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -35,6 +35,12 @@ pub enum TunnelError {
     Timeout { addr: String },
     #[error("HTTP/2 with {addr} failed: {err}")]
     H2 { addr: String, err: h2::Error },
+    #[error("HTTP/2 with {addr} failed: {err}")]
+    Http { addr: String, err: hyper::Error },
+    #[error(
+        "{addr} does not speak {wanted:?} on its inbound port; is its sidecar older than this dataplane?"
+    )]
+    Alpn { addr: String, wanted: MeshAlpn },
     #[error("{addr} refused the stream for {service}: {status}")]
     Refused {
         addr: String,
@@ -125,6 +131,45 @@ fn alive(s: &SendRequest<Bytes>) -> bool {
     !matches!(s.clone().ready().now_or_never(), Some(Err(_)))
 }
 
+/// Opens an mTLS connection to `target` speaking `alpn`: the peer must present the
+/// target's SPIFFE id and agree on the protocol. Through an ingress the SNI names the
+/// peer (the ingress splices by it, and ALPN passes through untouched).
+pub async fn connect_tls(
+    tls: &MeshTls,
+    target: &Target,
+    alpn: MeshAlpn,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TunnelError> {
+    let addr = target.address.clone();
+    let expected = SpiffeId::parse(&target.identity)
+        .map_err(|_| TunnelError::Identity(target.identity.clone()))?;
+    let config = tls.client(&expected, alpn)?;
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| TunnelError::Timeout { addr: addr.clone() })?
+        .map_err(|err| TunnelError::Connect {
+            addr: addr.clone(),
+            err,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    // The verifier checks the SPIFFE id, not this name; SNI names the peer.
+    let sni = ServerName::try_from(target.sni.clone())
+        .map_err(|_| TunnelError::Identity(target.sni.clone()))?;
+    let stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_rustls::TlsConnector::from(config).connect(sni, tcp),
+    )
+    .await
+    .map_err(|_| TunnelError::Timeout { addr: addr.clone() })?
+    .map_err(|err| TunnelError::Tls {
+        addr: addr.clone(),
+        err,
+    })?;
+    if MeshAlpn::of(stream.get_ref().1.alpn_protocol()) != Some(alpn) {
+        return Err(TunnelError::Alpn { addr, wanted: alpn });
+    }
+    Ok(stream)
+}
+
 /// Pooled HTTP/2 connections to peers.
 pub struct TunnelPool {
     tls: Arc<MeshTls>,
@@ -198,30 +243,7 @@ impl TunnelPool {
         slot: Slot,
     ) -> Result<SendRequest<Bytes>, TunnelError> {
         let addr = target.address.clone();
-        let expected = SpiffeId::parse(&target.identity)
-            .map_err(|_| TunnelError::Identity(target.identity.clone()))?;
-        let config = self.tls.client(&expected)?;
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
-            .await
-            .map_err(|_| TunnelError::Timeout { addr: addr.clone() })?
-            .map_err(|err| TunnelError::Connect {
-                addr: addr.clone(),
-                err,
-            })?;
-        let _ = tcp.set_nodelay(true);
-        // The verifier checks the SPIFFE id, not this name; SNI carries the service.
-        let sni = ServerName::try_from(target.sni.clone())
-            .map_err(|_| TunnelError::Identity(target.sni.clone()))?;
-        let tls = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio_rustls::TlsConnector::from(config).connect(sni, tcp),
-        )
-        .await
-        .map_err(|_| TunnelError::Timeout { addr: addr.clone() })?
-        .map_err(|err| TunnelError::Tls {
-            addr: addr.clone(),
-            err,
-        })?;
+        let tls = connect_tls(&self.tls, target, MeshAlpn::Tunnel).await?;
         let (sender, mut conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

@@ -1,7 +1,13 @@
-//! The inbound tunnel listener (`--inbound`, default :15008): accepts only peers whose
-//! certificate chains to the mesh trust bundle, then serves their CONNECT streams. A
-//! stream is answered 200 only after the app connection is open; a refused app is a 503
-//! that the caller retries on another endpoint before any byte was sent.
+//! The inbound port (`--inbound`, default :15008): accepts only peers whose certificate
+//! chains to the mesh trust bundle, then serves what the handshake's ALPN says:
+//!
+//! - `h2` ([`MeshAlpn::Tunnel`]): `CONNECT` streams carrying raw bytes. A stream is
+//!   answered 200 only after the app connection is open; a refused app is a 503 that the
+//!   caller retries on another endpoint before any byte was sent.
+//! - `weft-http/2` ([`MeshAlpn::Http`]): plain HTTP/2 from a gateway, served by the
+//!   inbound's translating server ([`crate::inbound::http::serve_mesh`]).
+//!
+//! The peer's verified SPIFFE id is the [`Caller`] of every stream and request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,57 +15,27 @@ use std::sync::Arc;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 
 use super::io::H2Io;
-use super::{CONNECT_TIMEOUT, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
-use crate::control::config::MeshConfig;
-use crate::inbound::{Delivery, deliver};
+use super::{CONNECT_TIMEOUT, CONNECTION_WINDOW, MAX_FRAME, MAX_STREAMS, STREAM_WINDOW};
+use crate::inbound::{Caller, Delivery, deliver, http::serve_mesh};
 use crate::metrics::{ActiveGuard, ResultLabel};
-use crate::tls::MeshTls;
+use crate::serve::Drain;
+use crate::tls::{MeshAlpn, MeshTls};
 
-/// What the inbound serves.
+/// What the inbound port serves.
 pub struct Inbound {
-    pub service: String,
     pub app: SocketAddr,
-    pub config: watch::Receiver<Arc<MeshConfig>>,
     pub tls: Arc<MeshTls>,
     pub delivery: Arc<Delivery>,
     /// Told when the app refuses a connection, so the prober checks at once.
     pub app_refused: Arc<tokio::sync::Notify>,
 }
 
-/// Serves until `shutdown` flips to true; then stops accepting and sends GOAWAY on
-/// every connection, whose streams finish on their own.
-pub async fn serve(
-    listener: TcpListener,
-    inbound: Arc<Inbound>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let (inbound, shutdown) = (inbound.clone(), shutdown.clone());
-                    tokio::spawn(async move { connection(inbound, tcp, peer, shutdown).await });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-async fn connection(
-    inbound: Arc<Inbound>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Serves one accepted connection until it ends; when the drain begins, GOAWAY and
+/// the streams in progress finish.
+pub async fn connection(inbound: Arc<Inbound>, tcp: TcpStream, peer: SocketAddr, drain: Drain) {
     let metrics = inbound.delivery.metrics.clone();
     let count = |result| {
         metrics
@@ -70,7 +46,6 @@ async fn connection(
             })
             .inc();
     };
-    let _ = tcp.set_nodelay(true);
     let config = match inbound.tls.server() {
         Ok(c) => c,
         Err(e) => {
@@ -95,16 +70,42 @@ async fn connection(
             return;
         }
     };
-    let peer_id = weft_certs::peer_spiffe_id(tls.get_ref().1.peer_certificates())
-        .map(|id| id.uri())
-        .unwrap_or_default();
+    let (session, alpn) = {
+        let s = tls.get_ref().1;
+        (
+            weft_certs::peer_spiffe_id(s.peer_certificates()),
+            MeshAlpn::of(s.alpn_protocol()),
+        )
+    };
+    // The verifier accepted exactly one SPIFFE id; a peer without one never gets here.
+    let (Some(id), Some(alpn)) = (session, alpn) else {
+        count("tls_refused");
+        tracing::info!(%peer, "inbound connection without a SPIFFE id or a known ALPN refused");
+        return;
+    };
+    let caller = Caller { id };
     count("accepted");
     let _active = ActiveGuard::new(&metrics, "inbound");
+    tracing::debug!(%peer, %caller, ?alpn, "inbound connection");
+    match alpn {
+        MeshAlpn::Http => serve_mesh(tls, caller, inbound.delivery.clone(), drain).await,
+        MeshAlpn::Tunnel => tunnel(inbound, tls, caller, peer, drain).await,
+    }
+}
+
+/// Serves `CONNECT` tunnel streams.
+async fn tunnel(
+    inbound: Arc<Inbound>,
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    caller: Caller,
+    peer: SocketAddr,
+    mut drain: Drain,
+) {
     let mut conn = match h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .max_concurrent_streams(4096)
+        .max_concurrent_streams(MAX_STREAMS)
         .max_send_buffer_size(1024 * 1024)
         .handshake::<_, Bytes>(tls)
         .await
@@ -115,14 +116,14 @@ async fn connection(
             return;
         }
     };
-    tracing::debug!(%peer, peer_id = %peer_id, "inbound tunnel connection");
+    let caller = Arc::new(caller);
     let mut draining = false;
     loop {
         tokio::select! {
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
-                    let inbound = inbound.clone();
-                    tokio::spawn(async move { stream(inbound, req, respond).await });
+                    let (inbound, caller) = (inbound.clone(), caller.clone());
+                    tokio::spawn(async move { stream(inbound, &caller, req, respond).await });
                 }
                 Some(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "inbound tunnel connection error");
@@ -130,7 +131,7 @@ async fn connection(
                 }
                 None => return,
             },
-            _ = shutdown.changed(), if !draining => {
+            _ = drain.signaled(), if !draining => {
                 draining = true;
                 conn.graceful_shutdown();
             }
@@ -146,6 +147,7 @@ fn answer(respond: &mut SendResponse<Bytes>, status: StatusCode) {
 
 async fn stream(
     inbound: Arc<Inbound>,
+    caller: &Caller,
     req: Request<h2::RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
@@ -153,15 +155,22 @@ async fn stream(
         answer(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
         return;
     }
+    let d = &inbound.delivery;
     let service = req.uri().host().unwrap_or_default();
-    if service != inbound.service {
+    if service != d.service {
         // The caller's endpoint list is stale: this instance is not that service.
-        tracing::info!(asked = service, serving = %inbound.service, "CONNECT for another service refused");
+        tracing::info!(asked = service, serving = %d.service, "CONNECT for another service refused");
         answer(&mut respond, StatusCode::MISDIRECTED_REQUEST);
         return;
     }
-    // New connections use the selector in force now; open ones keep theirs.
-    let selector = inbound.config.borrow().protocol_of(&inbound.service);
+    if let Err(denied) = d.admit(caller) {
+        // Refused before the app is even dialled: no byte reaches it.
+        tracing::info!(%caller, service = %d.service, reason = %denied, "tunnel stream refused");
+        answer(&mut respond, denied.error.status());
+        return;
+    }
+    // New streams use the selector in force now; open ones keep theirs.
+    let selector = d.selector();
     let app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(inbound.app)).await {
         Ok(Ok(app)) => app,
         Ok(Err(e)) => {

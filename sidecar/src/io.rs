@@ -1,7 +1,9 @@
-//! Idle timeout for client connections: an IO wrapper that records the last time bytes
-//! moved in either direction. The connection is shut down gracefully (HTTP/2: GOAWAY,
-//! letting open streams finish) once nothing moved for the timeout, so long-lived
-//! streams and WebSockets that carry traffic are never cut.
+//! Byte pipes: splicing two connections, with or without an idle timeout, and the
+//! activity clock that tells when bytes last moved.
+//!
+//! Spliced WebSockets and tunnels that carry traffic are never cut; a splice with an
+//! idle timeout ends once nothing moved in either direction for that long (a WebSocket
+//! ping is traffic; the client decides how often to send one).
 
 use std::io;
 use std::pin::Pin;
@@ -11,6 +13,34 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Copy buffer per direction for spliced streams.
+const SPLICE_BUF: usize = 64 * 1024;
+
+/// Copies bytes both ways until both sides are done; half-closes propagate (a FIN or
+/// END_STREAM one way leaves the other way open).
+pub async fn splice<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, SPLICE_BUF, SPLICE_BUF).await
+}
+
+/// [`splice`], ended once no byte moved either way for `idle`.
+pub async fn splice_idle<A, B>(a: A, b: B, idle: Duration) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::default();
+    let mut a = Tracked::new(a, activity.clone());
+    let mut b = Tracked::new(b, activity.clone());
+    tokio::select! {
+        r = splice(&mut a, &mut b) => r,
+        _ = activity.idle(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
+    }
+}
 
 /// Shared "last activity" clock of one connection.
 #[derive(Clone)]
