@@ -33,7 +33,7 @@ use weft_certs::{
 use crate::hub::ConfigHub;
 use crate::registry::{Registry, now_unix};
 use crate::secret::{SecretError, SecretKey, is_sealed};
-use crate::store::{CaRootRecord, CaRootTimes, Store};
+use crate::store::{CaRootRecord, CaRootTimes, Fence, Store, StoreError};
 
 /// Why the CA could not be set up. Each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -285,13 +285,16 @@ impl CaManager {
     }
 
     /// Step 2: `sha256` becomes the signing root, if it is still the rotation target
-    /// (it may have been retired meanwhile). Returns whether it switched.
-    pub async fn switch_to(&self, sha256: &str) -> Result<bool, CaError> {
+    /// (it may have been retired meanwhile). Returns whether it switched. A leader duty:
+    /// the write is refused unless `fence` still holds.
+    pub async fn switch_to(&self, sha256: &str, fence: &Fence) -> Result<bool, CaError> {
         let _guard = self.rotation.lock().await;
         if self.current().pending().is_none_or(|p| p.sha256 != sha256) {
             return Ok(false);
         }
-        self.store.set_signing_root(sha256, now_unix()).await?;
+        self.store
+            .set_signing_root(sha256, now_unix(), fence)
+            .await?;
         self.refresh().await?;
         tracing::info!(sha256, "CA rotation: the new root signs from now on");
         Ok(true)
@@ -423,24 +426,32 @@ pub fn rfc3339(unix: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// How often a rotation in progress re-counts acknowledgements, which may arrive on any
+/// replica.
+const ROTATION_POLL: Duration = Duration::from_millis(250);
+
 /// Completes CA rotations: whenever a rotation target exists, waits until every
-/// connected dataplane acknowledged the bundle that carries it, then switches signing
-/// to it and publishes the config. Runs for the life of the control plane.
+/// connected dataplane (on any replica) acknowledged the bundle that carries it, then
+/// switches signing to it and publishes the config. A leader duty: runs while this
+/// replica leads, and its switch is fenced by `fence`.
 ///
-/// Event-driven: it wakes on CA changes and on the registry's connect/ack/disconnect
-/// notifications, never on a timer. With no dataplane connected it switches at once,
-/// except when a rotation is found pending at start-up: no stream is open yet then, so
-/// it first gives dataplanes `resume_grace` to reconnect and pick up the bundle.
+/// It wakes on CA changes and on this replica's connect/ack/disconnect notifications,
+/// and re-counts every [`ROTATION_POLL`] while a rotation is in progress (for streams
+/// held by other replicas). With no dataplane connected it switches at once, except
+/// when a rotation is found pending as leadership starts (after a restart or a
+/// takeover): it first gives dataplanes `resume_grace` to reconnect and pick up the
+/// bundle.
 pub async fn run_rotation(
     ca: Arc<CaManager>,
     registry: Arc<Registry>,
     hub: Arc<ConfigHub>,
     resume_grace: Duration,
+    fence: Fence,
 ) {
     let mut ca_rx = ca.subscribe();
     let mut dp_rx = registry.subscribe_changes();
     if let Some(p) = ca.current().pending() {
-        tracing::info!(sha256 = %p.sha256, grace = ?resume_grace, "a CA rotation was in progress when weft-cp stopped; waiting for dataplanes to reconnect before switching");
+        tracing::info!(sha256 = %p.sha256, grace = ?resume_grace, "a CA rotation is in progress as this replica starts leading; waiting for dataplanes to reconnect before switching");
         tokio::time::sleep(resume_grace).await;
     }
     let mut last_progress = None;
@@ -448,34 +459,53 @@ pub async fn run_rotation(
         // Mark both as seen before checking, so a change during the check wakes us.
         let state = ca_rx.borrow_and_update().clone();
         dp_rx.borrow_and_update();
-        if let Some(target) = state.pending() {
-            let (acked, connected) = registry.acked_count(state.bundle_revision);
-            if acked >= connected {
-                match ca.switch_to(&target.sha256).await {
-                    Ok(true) => {
-                        if let Err(e) = hub.reload().await {
-                            tracing::error!(error = %e, "reload after the CA switch failed; will retry on the next change");
-                            hub.notify();
+        let pending = state.pending().cloned();
+        if let Some(target) = &pending {
+            let counted = registry.acked_count(state.bundle_revision).await;
+            match counted {
+                Ok((acked, connected)) if acked >= connected => {
+                    match ca.switch_to(&target.sha256, &fence).await {
+                        Ok(true) => {
+                            if let Err(e) = hub.reload().await {
+                                tracing::error!(error = %e, "reload after the CA switch failed; will retry on the next change");
+                                hub.notify();
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(CaError::Store(StoreError::NotLeader(m))) => {
+                            tracing::info!(reason = %m, "CA rotation left to the new leader");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot switch the signing CA root; retrying in 5 s");
+                            tokio::time::sleep(Duration::from_secs(5)).await;
                         }
                     }
-                    Ok(false) => {}
-                    Err(e) => {
-                        // Store trouble: nothing else would wake us to retry.
-                        tracing::error!(error = %e, "cannot switch the signing CA root; retrying in 5 s");
-                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    last_progress = None;
+                    continue;
+                }
+                Ok((acked, connected)) => {
+                    if last_progress != Some((acked, connected)) {
+                        tracing::info!(sha256 = %target.sha256, acked, connected, "CA rotation: waiting for connected dataplanes to acknowledge the new bundle");
+                        last_progress = Some((acked, connected));
                     }
                 }
-                last_progress = None;
-                continue;
-            }
-            if last_progress != Some((acked, connected)) {
-                tracing::info!(sha256 = %target.sha256, acked, connected, "CA rotation: waiting for connected dataplanes to acknowledge the new bundle");
-                last_progress = Some((acked, connected));
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot count acknowledgements of the new bundle; retrying")
+                }
             }
         }
+        let poll = async {
+            if pending.is_some() {
+                tokio::time::sleep(ROTATION_POLL).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             r = ca_rx.changed() => if r.is_err() { return },
             r = dp_rx.changed() => if r.is_err() { return },
+            () = poll => {}
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod ca;
 pub mod cli;
 pub mod http;
 pub mod hub;
+pub mod leader;
 pub mod metrics;
 pub mod registry;
 pub mod replica;

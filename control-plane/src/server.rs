@@ -18,12 +18,15 @@ use crate::api::{
 };
 use crate::ca::{CaManager, write_atomic};
 use crate::hub::ConfigHub;
+use crate::leader::{Duties, Leader};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, now_unix};
 use crate::secret::{self, SecretKey};
 use crate::store::model::META_SECRET_CHECK;
 use crate::store::postgres::PgStore;
-use crate::store::{Store, StoreKind, StoreMeta, sqlite::SqliteStore};
+use crate::store::{
+    Fence, ReplicaRecord, Store, StoreKind, StoreMeta, SweepPolicy, sqlite::SqliteStore,
+};
 use crate::tls::{ServerTls, incoming};
 use crate::traffic::{BUCKET_SECONDS, TrafficWindow};
 
@@ -257,8 +260,17 @@ pub async fn run(
             }
         });
     }
-    let registry = Registry::new(store.clone(), hub.clone(), cfg.grace, cfg.dataplane_expiry);
-    registry.start().await?;
+    let replica = ReplicaRecord {
+        id: random_hex(8)?,
+        address: cfg.listen.to_string(),
+        started_at_ms: now_ms(),
+        heartbeat_ms: 0,
+    };
+    // Visible to the other replicas before this one serves anything.
+    store.heartbeat(&replica).await?;
+    let leader = Leader::new(replica.clone(), store.clone());
+    tokio::spawn(leader.clone().heartbeat());
+    let registry = Registry::new(replica.id.clone(), store.clone(), hub.clone());
 
     let shared = Arc::new(Shared {
         store: store.clone(),
@@ -270,6 +282,8 @@ pub async fn run(
         token_key: meta.token_key.clone(),
         cert_ttl: cfg.cert_ttl,
         traffic: TrafficWindow::new(),
+        leader: leader.clone(),
+        store_shown: cfg.store.describe(&cfg.data_dir),
     });
     {
         // Forget what left the traffic window even while nobody reads it.
@@ -310,12 +324,7 @@ pub async fn run(
             }
         });
     }
-    tokio::spawn(crate::ca::run_rotation(
-        ca.clone(),
-        shared.registry.clone(),
-        hub.clone(),
-        cfg.grace,
-    ));
+    tokio::spawn(leader.clone().run(leader_duties(&cfg, &shared)));
 
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| {
         format!(
@@ -365,8 +374,49 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming(listener, serving), shutdown)
         .await
         .context("gRPC server failed")?;
+    // Let another replica take over at once rather than when the lease runs out.
+    leader.shutdown().await;
     tracing::info!("weft-cp stopped");
     Ok(())
+}
+
+/// What the leader does while it leads (see `leader.rs`): health marking and expiry of
+/// dataplanes whose streams are gone, and CA rotation's switch.
+fn leader_duties(cfg: &CpConfig, shared: &Arc<Shared>) -> Duties {
+    let shared = shared.clone();
+    let (grace, expiry) = (cfg.grace, cfg.dataplane_expiry);
+    Box::new(move |fence: Fence, since_ms: i64| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let policy = SweepPolicy {
+                grace_ms: i64::try_from(grace.as_millis()).unwrap_or(i64::MAX),
+                expiry_ms: i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX),
+                lead_since_ms: since_ms,
+            };
+            let sweep = crate::leader::every(crate::registry::SWEEP_EVERY, || {
+                crate::registry::sweep(shared.store.as_ref(), &shared.hub, &fence, policy)
+            });
+            let rotation = crate::ca::run_rotation(
+                shared.ca.clone(),
+                shared.registry.clone(),
+                shared.hub.clone(),
+                grace,
+                fence.clone(),
+            );
+            // Either ending means the lease was refused: leadership ends with it.
+            tokio::select! {
+                () = sweep => {}
+                () = rotation => {}
+            }
+        })
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn serving_config(

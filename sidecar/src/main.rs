@@ -31,8 +31,9 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct IngressArgs {
-    /// Control plane URL.
-    #[arg(long, env = "WEFT_CP")]
+    /// Control plane URL, or the URLs of its replicas separated by commas (tried in
+    /// turn; the dataplane fails over between them).
+    #[arg(long, env = "WEFT_CP", value_name = "URL[,URL...]")]
     cp: String,
     /// Bootstrap token for this ingress (`weftctl token create --ingress NAME`).
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
@@ -62,8 +63,9 @@ struct IngressArgs {
 
 #[derive(clap::Args, Debug)]
 struct GatewayArgs {
-    /// Control plane URL.
-    #[arg(long, env = "WEFT_CP")]
+    /// Control plane URL, or the URLs of its replicas separated by commas (tried in
+    /// turn; the dataplane fails over between them).
+    #[arg(long, env = "WEFT_CP", value_name = "URL[,URL...]")]
     cp: String,
     /// Bootstrap token for this gateway (`weftctl token create --gateway NAME`).
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
@@ -112,8 +114,9 @@ struct GatewayArgs {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Control plane URL.
-    #[arg(long, env = "WEFT_CP")]
+    /// Control plane URL, or the URLs of its replicas separated by commas (tried in
+    /// turn; the dataplane fails over between them).
+    #[arg(long, env = "WEFT_CP", value_name = "URL[,URL...]")]
     cp: String,
     /// Bootstrap token for this service (`weftctl token create --service NAME`).
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]

@@ -7,6 +7,7 @@
 
 pub mod openloop;
 pub mod postgres;
+pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

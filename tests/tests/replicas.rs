@@ -1,6 +1,7 @@
 //! Several weft-cp replicas on one PostgreSQL database (a real server, started by the
 //! test): one admin token and CA for all, changes through any replica pushed by every
 //! other, and nothing acknowledged lost when the database restarts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

@@ -13,6 +13,7 @@ use weft_proto::v1::*;
 use super::{Shared, status};
 use crate::ca::{CaError, rfc3339};
 use crate::registry::now_unix;
+use crate::store::rules::replica_alive;
 use crate::store::{DataplaneRecord, TokenRecord};
 use crate::validate;
 
@@ -375,7 +376,7 @@ impl Admin for AdminService {
             // an error that says so.
             self.shared.store.get_service(name).await.map_err(status)?;
         }
-        let (_, connected) = self.shared.registry.acked_count(0);
+        let (_, connected) = self.shared.registry.acked_count(0).await.map_err(status)?;
         let stats = self.shared.traffic.stats(
             service,
             r.window_seconds,
@@ -385,15 +386,50 @@ impl Admin for AdminService {
         Ok(Response::new(stats))
     }
 
+    async fn get_control_plane_status(
+        &self,
+        _req: Request<GetControlPlaneStatusRequest>,
+    ) -> Result<Response<ControlPlaneStatus>, Status> {
+        let store = &self.shared.store;
+        let lease = store.lease().await.map_err(status)?;
+        let liveness = store.liveness().await.map_err(status)?;
+        let held = lease.expires_ms >= lease.now_ms && !lease.holder.is_empty();
+        let me = &self.shared.leader.replica().id;
+        let replicas = liveness
+            .replicas
+            .iter()
+            .map(|r| ControlPlaneReplica {
+                id: r.id.clone(),
+                address: r.address.clone(),
+                started_at: r.started_at_ms / 1000,
+                heartbeat_age_ms: (liveness.now_ms - r.heartbeat_ms).max(0),
+                alive: replica_alive(r, liveness.now_ms),
+                leader: held && r.id == lease.holder,
+                answering: &r.id == me,
+            })
+            .collect();
+        Ok(Response::new(ControlPlaneStatus {
+            replicas,
+            leader_id: if held { lease.holder } else { String::new() },
+            epoch: lease.epoch,
+            store: self.shared.store_shown.clone(),
+            lease_remaining_ms: if held {
+                lease.expires_ms - lease.now_ms
+            } else {
+                0
+            },
+        }))
+    }
+
     async fn get_ca(&self, _req: Request<GetCaRequest>) -> Result<Response<CaInfo>, Status> {
-        Ok(Response::new(self.ca_info()))
+        Ok(Response::new(self.ca_info().await?))
     }
 
     async fn rotate_ca(&self, _req: Request<RotateCaRequest>) -> Result<Response<CaInfo>, Status> {
         self.shared.ca.begin_rotation().await.map_err(ca_status)?;
         // Publishing the new bundle is what the rotation task then waits on.
         self.committed().await;
-        Ok(Response::new(self.ca_info()))
+        Ok(Response::new(self.ca_info().await?))
     }
 
     async fn retire_ca_root(
@@ -412,7 +448,7 @@ impl Admin for AdminService {
             .await
             .map_err(ca_status)?;
         self.committed().await;
-        Ok(Response::new(self.ca_info()))
+        Ok(Response::new(self.ca_info().await?))
     }
 }
 
@@ -445,10 +481,11 @@ impl AdminService {
         keep: impl Fn(&DataplaneRecord) -> bool,
     ) -> Result<Vec<Dataplane>, Status> {
         let records = self.shared.store.list_dataplanes().await.map_err(status)?;
+        let liveness = self.shared.store.liveness().await.map_err(status)?;
         let mut views: Vec<Dataplane> = records
             .iter()
             .filter(|d| keep(d))
-            .map(|d| self.shared.registry.view(d))
+            .map(|d| self.shared.registry.view(d, &liveness))
             .collect();
         let snap = self.shared.hub.current();
         for v in &mut views {
@@ -460,7 +497,7 @@ impl AdminService {
 
 impl AdminService {
     /// The CA as `GetCa` shows it: roots, their retirement times, and rotation progress.
-    fn ca_info(&self) -> CaInfo {
+    async fn ca_info(&self) -> Result<CaInfo, Status> {
         let state = self.shared.ca.current();
         let ttl = i64::try_from(self.shared.cert_ttl.as_secs()).unwrap_or(i64::MAX);
         let pending = state.pending().map(|p| p.sha256.clone());
@@ -497,7 +534,12 @@ impl AdminService {
             .collect();
         let rotation = match (pending, state.last_switch()) {
             (Some(target), _) => {
-                let (acked, connected) = self.shared.registry.acked_count(state.bundle_revision);
+                let (acked, connected) = self
+                    .shared
+                    .registry
+                    .acked_count(state.bundle_revision)
+                    .await
+                    .map_err(status)?;
                 CaRotation {
                     phase: "distributing".into(),
                     new_root_sha256: target,
@@ -534,11 +576,11 @@ impl AdminService {
                 ..Default::default()
             },
         };
-        CaInfo {
+        Ok(CaInfo {
             trust_domain: self.shared.ca.trust_domain().as_str().to_owned(),
             roots,
             cert_ttl_seconds: self.shared.cert_ttl.as_secs(),
             rotation: Some(rotation),
-        }
+        })
     }
 }

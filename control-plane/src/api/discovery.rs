@@ -203,12 +203,18 @@ impl Discovery for DiscoveryService {
         if let Err(e) = shared.hub.published(record.revision).await {
             tracing::warn!(error = %e, "reload after registration failed");
         }
-        let generation = shared.registry.connected(&id, cert_expiry);
         let snapshots = shared.hub.subscribe();
         let base = snapshots
             .borrow()
             .can_delta_from(&hello.control_plane_id, hello.known_version)
             .then_some(hello.known_version);
+        // A dataplane that fails over from another replica holds what it acknowledged
+        // there: that counts as acknowledged here too.
+        let generation = shared
+            .registry
+            .connected(&id, cert_expiry, base.unwrap_or(0))
+            .await
+            .map_err(status)?;
         tracing::info!(dataplane = %id, region = %hello.region, known = hello.known_version, delta = base.is_some(), parts = part_bytes != usize::MAX, "discovery stream opened");
 
         let session = Session {

@@ -32,6 +32,10 @@ pub struct Shared {
     pub cert_ttl: Duration,
     /// Traffic figures reported by the dataplanes connected here.
     pub traffic: Arc<TrafficWindow>,
+    /// This replica's lease, for `cp status`.
+    pub leader: Arc<crate::leader::Leader>,
+    /// The store as `cp status` shows it (no password).
+    pub store_shown: String,
 }
 
 /// Store errors keep their operator-facing message; backend failures are logged in full
@@ -41,6 +45,7 @@ pub fn status(e: StoreError) -> Status {
         StoreError::NotFound(m) => Status::not_found(m),
         StoreError::AlreadyExists(m) => Status::already_exists(m),
         StoreError::FailedPrecondition(m) => Status::failed_precondition(m),
+        StoreError::NotLeader(m) => Status::unavailable(m),
         StoreError::Backend(m) => {
             tracing::error!(error = %m, "store failure");
             Status::internal("the control plane could not access its store; see the weft-cp log")

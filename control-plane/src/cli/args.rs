@@ -29,8 +29,9 @@ pub struct Cli {
 /// Connection and output options, accepted before or after the subcommand.
 #[derive(Debug, Clone, Default, Args)]
 pub struct GlobalArgs {
-    /// Control plane URL (https only) [env: WEFT_CP] [default: https://127.0.0.1:7400]
-    #[arg(long, global = true, value_name = "URL")]
+    /// Control plane URL (https only), or its replicas' URLs separated by commas, tried
+    /// in turn [env: WEFT_CP] [default: https://127.0.0.1:7400]
+    #[arg(long, global = true, value_name = "URL[,URL...]")]
     pub cp: Option<String>,
     /// Admin token [env: WEFT_TOKEN] [default: <data-dir>/admin.token]
     #[arg(long, global = true, value_name = "T")]
@@ -75,6 +76,9 @@ pub enum Command {
     /// The mesh certificate authority
     #[command(subcommand)]
     Ca(CaCmd),
+    /// The control plane itself: its replicas and which one leads
+    #[command(subcommand)]
+    Cp(CpCmd),
     /// The busiest services, refreshed (req/s, success rate, p50/p99); prints once when
     /// stdout is not a terminal
     Top(TopArgs),
@@ -200,6 +204,12 @@ pub struct TokenCreateArgs {
     /// Lifetime, e.g. 1h, 7d
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CpCmd {
+    /// Replicas (alive or not), the leader and its epoch, and the store
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

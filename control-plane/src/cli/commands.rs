@@ -7,13 +7,15 @@ use serde_json::{Value, json};
 use tonic::Status;
 use weft_proto::v1::{
     CreateRouteRequest, CreateServiceRequest, CreateTokenRequest, DataplaneKind,
-    DeleteRouteRequest, DeleteServiceRequest, GetCaRequest, GetDataplaneRequest, GetServiceRequest,
-    ListDataplanesRequest, ListRoutesRequest, ListServicesRequest, ListTokensRequest, Protocol,
-    RetireCaRootRequest, RevokeTokenRequest, RotateCaRequest, SetProtocolRequest,
+    DeleteRouteRequest, DeleteServiceRequest, GetCaRequest, GetControlPlaneStatusRequest,
+    GetDataplaneRequest, GetServiceRequest, ListDataplanesRequest, ListRoutesRequest,
+    ListServicesRequest, ListTokensRequest, Protocol, RetireCaRootRequest, RevokeTokenRequest,
+    RotateCaRequest, SetProtocolRequest,
 };
 
 use super::args::{
-    CaCmd, Command, DataplaneCmd, OutputFormat, RouteCmd, ServiceCmd, TokenCmd, TokenCreateArgs,
+    CaCmd, Command, CpCmd, DataplaneCmd, OutputFormat, RouteCmd, ServiceCmd, TokenCmd,
+    TokenCreateArgs,
 };
 use super::connect::{AdminConn, ConnectOptions};
 use super::error::CliError;
@@ -67,6 +69,17 @@ pub async fn execute(
         Command::Dataplane(cmd) => dataplane(client, &out, cmd).await,
         Command::Token(cmd) => token(client, &out, cmd).await,
         Command::Ca(cmd) => ca(client, &out, cmd).await,
+        Command::Cp(CpCmd::Status) => {
+            let status = out.call(
+                client
+                    .get_control_plane_status(GetControlPlaneStatusRequest {})
+                    .await,
+            )?;
+            out.show(
+                || views::cp_status_text(&status),
+                || views::cp_status_json(&status),
+            )
+        }
         Command::Top(args) => traffic::top(client, &|s| opts.explain(s), args).await,
     }
 }

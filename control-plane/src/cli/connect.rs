@@ -114,24 +114,39 @@ impl Interceptor for BearerAuth {
 
 /// Connects to the control plane's admin API. The connection (TCP and TLS) is made
 /// here rather than on the first call, so an unreachable control plane or an untrusted
-/// certificate is reported before any command runs.
+/// certificate is reported before any command runs. With several URLs (the replicas of
+/// one control plane), each is tried in turn; the error of the last is reported.
 pub async fn connect_admin(opts: &ConnectOptions) -> Result<AdminConn, CliError> {
     let auth = BearerAuth::new(&opts.token)?;
-    let ctx = opts.error_context();
-    let uri: http::Uri = opts
-        .url
+    let mut last = None;
+    for url in opts.url.split(',') {
+        match connect_one(opts, url).await {
+            Ok(channel) => return Ok(AdminClient::with_interceptor(channel, auth)),
+            Err(e @ CliError::Usage(_)) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| CliError::Usage("--cp: no URL given".to_string())))
+}
+
+async fn connect_one(opts: &ConnectOptions, url: &str) -> Result<Channel, CliError> {
+    let ctx = ErrorContext {
+        url: url.to_string(),
+        ..opts.error_context()
+    };
+    let uri: http::Uri = url
         .parse()
-        .map_err(|e| CliError::Usage(format!("--cp {}: not a URL ({e})", opts.url)))?;
+        .map_err(|e| CliError::Usage(format!("--cp {url}: not a URL ({e})")))?;
     let host = uri
         .host()
         .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
-        .ok_or_else(|| CliError::Usage(format!("--cp {}: no host in the URL", opts.url)))?;
+        .ok_or_else(|| CliError::Usage(format!("--cp {url}: no host in the URL")))?;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&opts.ca_pem))
         .domain_name(host)
         .timeout(CONNECT_TIMEOUT);
-    let endpoint = Endpoint::from_shared(opts.url.clone())
-        .map_err(|e| CliError::Usage(format!("--cp {}: {e}", opts.url)))?
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| CliError::Usage(format!("--cp {url}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         .tls_config(tls)
@@ -141,11 +156,10 @@ pub async fn connect_admin(opts: &ConnectOptions) -> Result<AdminConn, CliError>
                 opts.ca_label, opts.data_dir_label
             ))
         })?;
-    let channel = endpoint
+    endpoint
         .connect()
         .await
-        .map_err(|e| explain_transport(&ctx, &e))?;
-    Ok(AdminClient::with_interceptor(channel, auth))
+        .map_err(|e| explain_transport(&ctx, &e))
 }
 
 #[cfg(test)]

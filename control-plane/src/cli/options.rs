@@ -176,10 +176,30 @@ fn resolve_ca(
     Ok((pem, label))
 }
 
+/// `--cp URL[,URL...]`: each URL normalised ([`normalize_one`]), joined by commas. The
+/// replicas of one control plane are tried in turn when connecting.
+pub fn normalize_url(given: Option<&str>) -> Result<String, CliError> {
+    let Some(list) = given else {
+        return normalize_one(DEFAULT_CP);
+    };
+    let urls = list
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(normalize_one)
+        .collect::<Result<Vec<_>, _>>()?;
+    if urls.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--cp {list}: no URL given; use e.g. {DEFAULT_CP}, or several separated by commas"
+        )));
+    }
+    Ok(urls.join(","))
+}
+
 /// Accepts `https://host:port` or bare `host:port`; refuses `http://` because the
 /// control plane only serves TLS, and a plaintext attempt would fail obscurely.
-pub fn normalize_url(given: Option<&str>) -> Result<String, CliError> {
-    let raw = given.map(str::trim).unwrap_or(DEFAULT_CP);
+fn normalize_one(raw: &str) -> Result<String, CliError> {
+    let raw = raw.trim();
     let url = if let Some(rest) = raw.strip_prefix("http://") {
         return Err(CliError::Usage(format!(
             "--cp {raw}: the control plane is TLS-only; use https://{rest}"
@@ -318,6 +338,16 @@ mod tests {
             msg.contains("nope.pem") && msg.contains("pass --ca weft-data/ca.pem"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn several_urls_are_each_normalised() {
+        assert_eq!(
+            normalize_url(Some("a:1, https://b:2/")).unwrap(),
+            "https://a:1,https://b:2"
+        );
+        assert!(normalize_url(Some("https://a:1,http://b:2")).is_err());
+        assert!(normalize_url(Some(",")).is_err());
     }
 
     #[test]

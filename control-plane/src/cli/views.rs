@@ -3,7 +3,8 @@
 
 use serde_json::{Value, json};
 use weft_proto::v1::{
-    AppProtocol, CaInfo, CaRoot, Dataplane, Protocol, Route, Service, ServiceDetail, TokenInfo,
+    AppProtocol, CaInfo, CaRoot, ControlPlaneStatus, Dataplane, Protocol, Route, Service,
+    ServiceDetail, TokenInfo,
 };
 
 use super::output::{
@@ -267,6 +268,56 @@ pub fn token_json(t: &TokenInfo, now: i64) -> Value {
         "expires_at": time_json(t.expires_at),
         "revoked_at": time_json(t.revoked_at),
         "state": token_state(t, now),
+    })
+}
+
+/// `cp status`: the store, the leader, then one row per replica.
+pub fn cp_status_text(s: &ControlPlaneStatus) -> String {
+    let leader = if s.leader_id.is_empty() {
+        "none (no replica holds the lease now)".to_string()
+    } else {
+        format!(
+            "{} (epoch {}, lease renewed, {} ms left)",
+            s.leader_id, s.epoch, s.lease_remaining_ms
+        )
+    };
+    let mut text = key_values(&[("store", s.store.clone()), ("leader", leader)]);
+    text.push_str(&format!("\nreplicas ({}):\n", s.replicas.len()));
+    let mut t = Table::new(&["ID", "ADDRESS", "STARTED", "ALIVE", "LEADER", "HEARTBEAT"]);
+    for r in &s.replicas {
+        let id = if r.answering {
+            format!("{} (answered)", r.id)
+        } else {
+            r.id.clone()
+        };
+        t.row(vec![
+            id,
+            r.address.clone(),
+            time_cell(r.started_at),
+            yes_no(r.alive),
+            yes_no(r.leader),
+            format!("{} ms ago", r.heartbeat_age_ms),
+        ]);
+    }
+    text.push_str(&t.render());
+    text
+}
+
+pub fn cp_status_json(s: &ControlPlaneStatus) -> Value {
+    json!({
+        "store": s.store,
+        "leader_id": s.leader_id,
+        "epoch": s.epoch,
+        "lease_remaining_ms": s.lease_remaining_ms,
+        "replicas": s.replicas.iter().map(|r| json!({
+            "id": r.id,
+            "address": r.address,
+            "started_at": time_json(r.started_at),
+            "heartbeat_age_ms": r.heartbeat_age_ms,
+            "alive": r.alive,
+            "leader": r.leader,
+            "answering": r.answering,
+        })).collect::<Vec<_>>(),
     })
 }
 

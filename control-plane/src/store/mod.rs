@@ -13,16 +13,18 @@
 pub mod model;
 pub mod postgres;
 pub(crate) mod rows;
-pub(crate) mod rules;
+pub mod rules;
 pub mod sqlite;
 
 use async_trait::async_trait;
 use weft_proto::v1::{AppProtocol, Protocol, Route, Service};
 
 pub use model::{
-    CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, StoreMeta,
-    TokenRecord, Tombstone, TombstoneKind, route_key, split_route_key,
+    CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, Fence,
+    LeaseRecord, Liveness, ReplicaRecord, SessionRecord, StoreMeta, SweepOutcome, TokenRecord,
+    Tombstone, TombstoneKind, route_key, split_route_key,
 };
+pub use rules::SweepPolicy;
 
 /// Which backend `--store` chose.
 #[derive(Clone, Debug)]
@@ -66,6 +68,9 @@ pub enum StoreError {
     FailedPrecondition(String),
     #[error("store failure: {0}")]
     Backend(String),
+    /// A leader's write refused because its lease is gone (see [`Fence`]).
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 /// The control plane's durable state. Every mutating call is atomic: on error nothing
@@ -131,10 +136,16 @@ pub trait Store: Send + Sync + 'static {
     /// Adds a root to the trust bundle (bumps the revision). With `signing`, it becomes
     /// the only signing root.
     async fn add_ca_root(&self, root: CaRootRecord) -> Result<u64, StoreError>;
-    /// Makes an existing root the signing one (bumps the revision). The root that signed
+    /// Makes an existing root the signing one (bumps the revision); a leader duty, so
+    /// refused unless `fence` still holds. The root that signed
     /// until now gets `now` as the time it stopped signing, so retiring it can wait until
     /// every certificate it signed has expired.
-    async fn set_signing_root(&self, sha256: &str, now: i64) -> Result<u64, StoreError>;
+    async fn set_signing_root(
+        &self,
+        sha256: &str,
+        now: i64,
+        fence: &Fence,
+    ) -> Result<u64, StoreError>;
     /// When each root stopped signing (see [`CaRootTimes`]), in bundle order.
     async fn ca_root_times(&self) -> Result<Vec<CaRootTimes>, StoreError>;
     /// Replaces a root's stored key by the same key in another form (sealed with
@@ -145,4 +156,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// One consistent read of everything that is pushed to dataplanes.
     async fn config_state(&self) -> Result<ConfigState, StoreError>;
+
+    // Replicas, sessions and the leader lease (see `crate::leader`). Times are the
+    // store's clock, so that replicas on different hosts agree on them.
+
+    /// Records that `replica` is alive now (and forgets replicas long gone).
+    async fn heartbeat(&self, replica: &ReplicaRecord) -> Result<(), StoreError>;
+    /// Removes a replica that stops cleanly, so it is not shown as gone.
+    async fn remove_replica(&self, id: &str) -> Result<(), StoreError>;
+    /// Every session and replica, with the store's clock.
+    async fn liveness(&self) -> Result<Liveness, StoreError>;
+    /// A stream opened on `session.replica_id` (replacing any older session row).
+    async fn open_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    /// Writes sent/acked/nacked of sessions still held by the same replica and
+    /// generation (a newer stream elsewhere is left alone).
+    async fn save_sessions(&self, sessions: Vec<SessionRecord>) -> Result<(), StoreError>;
+    /// A stream closed: the session is no longer connected, as of now.
+    async fn close_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+
+    /// Takes the lease if it is free or expired: returns the new epoch and the store's
+    /// clock, or `None` if another replica holds it.
+    async fn try_lead(&self, holder: &str, ttl_ms: i64) -> Result<Option<(u64, i64)>, StoreError>;
+    /// Extends the lease; false if it is no longer held at this epoch.
+    async fn renew_lead(&self, fence: &Fence, ttl_ms: i64) -> Result<bool, StoreError>;
+    /// Gives the lease up (clean shutdown), so another replica takes over at once.
+    async fn release_lead(&self, fence: &Fence) -> Result<(), StoreError>;
+    async fn lease(&self) -> Result<LeaseRecord, StoreError>;
+    /// A leader duty: marks dataplane `id` unhealthy or removes it if, read again in
+    /// this transaction, it is still gone past the policy's limits.
+    async fn sweep_dataplane(
+        &self,
+        fence: &Fence,
+        id: &str,
+        policy: SweepPolicy,
+    ) -> Result<SweepOutcome, StoreError>;
 }

@@ -218,3 +218,72 @@ pub(crate) fn app_protocol_from_i64(v: i64) -> AppProtocol {
         .and_then(|v| AppProtocol::try_from(v).ok())
         .unwrap_or(AppProtocol::Unknown)
 }
+
+/// A running weft-cp, as it announces itself every heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaRecord {
+    /// Random per process: a restarted weft-cp is a new replica.
+    pub id: String,
+    /// Where its gRPC API listens, as configured (`--listen`).
+    pub address: String,
+    pub started_at_ms: i64,
+    /// The store's clock at the last heartbeat (milliseconds since the epoch).
+    pub heartbeat_ms: i64,
+}
+
+/// One discovery stream as its replica last wrote it. Every replica can read every
+/// session, which is what `dataplane list`, health marking and CA rotation need.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub dataplane_id: String,
+    /// The replica that holds (or held) the stream.
+    pub replica_id: String,
+    /// Tells this stream from a later one of the same dataplane on the same replica.
+    pub generation: u64,
+    pub connected: bool,
+    /// The store's clock when the stream opened (connected) or closed (not connected).
+    pub since_ms: i64,
+    pub sent_version: u64,
+    pub acked_version: u64,
+    pub nacked_version: u64,
+    pub nack_error: String,
+    pub cert_expiry: i64,
+}
+
+/// Every session and replica, read together with the store's clock.
+#[derive(Clone, Debug, Default)]
+pub struct Liveness {
+    pub sessions: Vec<SessionRecord>,
+    pub replicas: Vec<ReplicaRecord>,
+    pub now_ms: i64,
+}
+
+/// The leader lease as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// The replica holding it ('' before anyone led).
+    pub holder: String,
+    /// Incremented by every takeover; leader writes carry it (see [`Fence`]).
+    pub epoch: u64,
+    pub expires_ms: i64,
+    /// The store's clock when this was read.
+    pub now_ms: i64,
+}
+
+/// The proof a leader's write carries: the write commits only if `holder` still holds
+/// the lease at `epoch` (checked in the same transaction), so a leader that lost its
+/// lease without knowing it yet cannot undo what its successor does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub holder: String,
+    pub epoch: u64,
+}
+
+/// What the leader's sweep did to one dataplane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepOutcome {
+    /// Live again, or not gone long enough: nothing written.
+    Kept,
+    MarkedUnhealthy,
+    Removed,
+}

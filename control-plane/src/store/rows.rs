@@ -8,8 +8,8 @@ use weft_proto::v1::{Route, Service};
 
 use super::StoreError;
 use super::model::{
-    CaRootRecord, CaRootTimes, DataplaneRecord, TokenRecord, Tombstone, TombstoneKind,
-    app_protocol_from_i64, kind_from_i64, protocol_from_i64,
+    CaRootRecord, CaRootTimes, DataplaneRecord, ReplicaRecord, SessionRecord, TokenRecord,
+    Tombstone, TombstoneKind, app_protocol_from_i64, kind_from_i64, protocol_from_i64,
 };
 
 /// Typed access to the columns of one row, by position.
@@ -117,4 +117,32 @@ pub(crate) fn tombstone(r: &dyn Columns) -> Result<Option<Tombstone>, StoreError
         key: r.text(1)?,
         revision: r.uint(2)?,
     }))
+}
+
+pub(crate) const REPLICA_COLS: &str = "id, address, started_at_ms, heartbeat_ms";
+
+pub(crate) fn replica(r: &dyn Columns) -> Result<ReplicaRecord, StoreError> {
+    Ok(ReplicaRecord {
+        id: r.text(0)?,
+        address: r.text(1)?,
+        started_at_ms: r.int(2)?,
+        heartbeat_ms: r.int(3)?,
+    })
+}
+
+pub(crate) const SESSION_COLS: &str = "dataplane_id, replica_id, generation, connected, since_ms, sent_version, acked_version, nacked_version, nack_error, cert_expiry";
+
+pub(crate) fn session(r: &dyn Columns) -> Result<SessionRecord, StoreError> {
+    Ok(SessionRecord {
+        dataplane_id: r.text(0)?,
+        replica_id: r.text(1)?,
+        generation: r.uint(2)?,
+        connected: r.flag(3)?,
+        since_ms: r.int(4)?,
+        sent_version: r.uint(5)?,
+        acked_version: r.uint(6)?,
+        nacked_version: r.uint(7)?,
+        nack_error: r.text(8)?,
+        cert_expiry: r.int(9)?,
+    })
 }

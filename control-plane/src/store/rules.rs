@@ -15,7 +15,9 @@
 use weft_proto::v1::{AppProtocol, Route};
 
 use super::StoreError;
-use super::model::{DataplaneRecord, DataplaneRegistration};
+use super::model::{
+    DataplaneRecord, DataplaneRegistration, Fence, ReplicaRecord, SessionRecord, SweepOutcome,
+};
 
 /// How many tombstones are kept; older ones are pruned and raise the delta horizon.
 pub(crate) const MAX_TOMBSTONES: i64 = 10_000;
@@ -178,4 +180,75 @@ pub(crate) fn registration(
             acked_version: old.as_ref().map(|o| o.acked_version).unwrap_or(0),
         },
     }
+}
+
+/// A replica that wrote no heartbeat for this long is gone, and so are its streams.
+pub const REPLICA_TIMEOUT_MS: i64 = 3_000;
+
+/// Replicas gone for this long are forgotten (removed from `weftctl cp status`).
+pub(crate) const REPLICA_FORGET_MS: i64 = 10 * 60 * 1000;
+
+pub fn replica_alive(replica: &ReplicaRecord, now_ms: i64) -> bool {
+    now_ms - replica.heartbeat_ms <= REPLICA_TIMEOUT_MS
+}
+
+/// Whether a session is a live stream: open, on a replica that is alive.
+pub fn session_live(session: &SessionRecord, replica: Option<&ReplicaRecord>, now_ms: i64) -> bool {
+    session.connected && replica.is_some_and(|r| replica_alive(r, now_ms))
+}
+
+/// Since when (store clock, ms) `dataplane` has had no live stream; `None` while it has
+/// one. A stream on a replica that died counts as gone since the replica's last
+/// heartbeat; a dataplane with no session row at all, since it was last seen.
+pub fn gone_since(
+    dataplane: &DataplaneRecord,
+    session: Option<&SessionRecord>,
+    replica: Option<&ReplicaRecord>,
+    now_ms: i64,
+) -> Option<i64> {
+    match session {
+        Some(s) if session_live(s, replica, now_ms) => None,
+        Some(s) if s.connected => Some(replica.map_or(s.since_ms, |r| r.heartbeat_ms)),
+        Some(s) => Some(s.since_ms),
+        None => Some(dataplane.last_seen.saturating_mul(1000)),
+    }
+}
+
+/// When the leader marks a gone dataplane unhealthy, and forgets it.
+#[derive(Clone, Copy, Debug)]
+pub struct SweepPolicy {
+    pub grace_ms: i64,
+    pub expiry_ms: i64,
+    /// When this leader took the lease (store clock): nobody is counted gone for longer
+    /// than the leader has led, so dataplanes get the grace period to reconnect after a
+    /// takeover or a restart, as they did after a restart with one weft-cp.
+    pub lead_since_ms: i64,
+}
+
+/// What the sweep does to a dataplane gone since `gone_since`.
+pub fn sweep(
+    dataplane: &DataplaneRecord,
+    gone_since: Option<i64>,
+    policy: &SweepPolicy,
+    now_ms: i64,
+) -> SweepOutcome {
+    let Some(since) = gone_since else {
+        return SweepOutcome::Kept;
+    };
+    let gone_for = now_ms - since.max(policy.lead_since_ms);
+    if gone_for >= policy.expiry_ms {
+        SweepOutcome::Removed
+    } else if gone_for >= policy.grace_ms && dataplane.healthy {
+        SweepOutcome::MarkedUnhealthy
+    } else {
+        SweepOutcome::Kept
+    }
+}
+
+/// The refusal of a leader's write whose fence no longer holds.
+pub(crate) fn not_leader(fence: &Fence) -> StoreError {
+    StoreError::NotLeader(format!(
+        "this replica ({}) no longer holds the leader lease at epoch {}; another replica leads now",
+        fence.holder, fence.epoch
+    ))
 }

@@ -19,7 +19,9 @@ pub mod state_dir;
 /// Why talking to the control plane failed. Messages say what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("invalid --cp URL \"{0}\": use https://HOST:PORT (e.g. https://127.0.0.1:7400)")]
+    #[error(
+        "invalid --cp URL \"{0}\": use https://HOST:PORT (e.g. https://127.0.0.1:7400), or several separated by commas"
+    )]
     BadUrl(String),
     #[error("{0}")]
     Token(#[from] weft_certs::token::TokenError),

@@ -3,11 +3,12 @@
 
 use deadpool_postgres::GenericClient;
 
+use super::ha::check_fence;
 use super::state::bump_bundle;
 use super::{all, exec, one};
 use crate::store::rows::{self, CA_ROOT_COLS, CA_TIMES_COLS};
 use crate::store::rules;
-use crate::store::{CaRootRecord, CaRootTimes, StoreError};
+use crate::store::{CaRootRecord, CaRootTimes, Fence, StoreError};
 
 pub(super) async fn add_root(
     tx: &impl GenericClient,
@@ -35,7 +36,9 @@ pub(super) async fn set_signing_root(
     tx: &impl GenericClient,
     sha: &str,
     now: i64,
+    fence: &Fence,
 ) -> Result<u64, StoreError> {
+    check_fence(tx, fence).await?;
     let key = one(
         tx,
         "SELECT key_pem FROM ca_roots WHERE sha256 = $1",

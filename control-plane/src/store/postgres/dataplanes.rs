@@ -11,7 +11,10 @@ use crate::store::rows::{self, DATAPLANE_COLS};
 use crate::store::rules::{self, Registration};
 use crate::store::{DataplaneRecord, DataplaneRegistration, StoreError};
 
-async fn find(c: &impl GenericClient, id: &str) -> Result<Option<DataplaneRecord>, StoreError> {
+pub(super) async fn find(
+    c: &impl GenericClient,
+    id: &str,
+) -> Result<Option<DataplaneRecord>, StoreError> {
     one(
         c,
         &format!("SELECT {DATAPLANE_COLS} FROM dataplanes WHERE id = $1"),

@@ -15,6 +15,7 @@
 
 mod ca;
 mod dataplanes;
+mod ha;
 mod schema;
 mod services;
 mod state;
@@ -33,8 +34,9 @@ pub use schema::SCHEMA_VERSION;
 
 use super::rows::Columns;
 use super::{
-    CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, Store,
-    StoreError, StoreMeta, TokenRecord,
+    CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, Fence,
+    LeaseRecord, Liveness, ReplicaRecord, SessionRecord, Store, StoreError, StoreMeta,
+    SweepOutcome, SweepPolicy, TokenRecord,
 };
 
 /// Channel of the notifications sent by every change that bumps the revision.
@@ -351,8 +353,14 @@ impl Store for PgStore {
         change!(self, |tx| ca::add_root(&tx, &root).await)
     }
 
-    async fn set_signing_root(&self, sha256: &str, now: i64) -> Result<u64, StoreError> {
-        change!(self, |tx| ca::set_signing_root(&tx, sha256, now).await)
+    async fn set_signing_root(
+        &self,
+        sha256: &str,
+        now: i64,
+        fence: &Fence,
+    ) -> Result<u64, StoreError> {
+        change!(self, |tx| ca::set_signing_root(&tx, sha256, now, fence)
+            .await)
     }
 
     async fn set_ca_root_key(&self, sha256: &str, key_pem: &str) -> Result<(), StoreError> {
@@ -379,5 +387,72 @@ impl Store for PgStore {
         let state = state::config_state(&tx).await?;
         tx.commit().await?;
         Ok(state)
+    }
+
+    async fn heartbeat(&self, replica: &ReplicaRecord) -> Result<(), StoreError> {
+        ha::heartbeat(&self.client().await?, replica).await
+    }
+
+    async fn remove_replica(&self, id: &str) -> Result<(), StoreError> {
+        ha::remove_replica(&self.client().await?, id).await
+    }
+
+    async fn liveness(&self) -> Result<Liveness, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let out = ha::liveness(&tx).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn open_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        ha::open_session(&self.client().await?, session).await
+    }
+
+    async fn save_sessions(&self, sessions: Vec<SessionRecord>) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        ha::save_sessions(&tx, &sessions).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn close_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        ha::close_session(&tx, session).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn try_lead(&self, holder: &str, ttl_ms: i64) -> Result<Option<(u64, i64)>, StoreError> {
+        ha::try_lead(&self.client().await?, holder, ttl_ms).await
+    }
+
+    async fn renew_lead(&self, fence: &Fence, ttl_ms: i64) -> Result<bool, StoreError> {
+        ha::renew_lead(&self.client().await?, fence, ttl_ms).await
+    }
+
+    async fn release_lead(&self, fence: &Fence) -> Result<(), StoreError> {
+        ha::release_lead(&self.client().await?, fence).await
+    }
+
+    async fn lease(&self) -> Result<LeaseRecord, StoreError> {
+        ha::lease(&self.client().await?).await
+    }
+
+    async fn sweep_dataplane(
+        &self,
+        fence: &Fence,
+        id: &str,
+        policy: SweepPolicy,
+    ) -> Result<SweepOutcome, StoreError> {
+        change!(self, |tx| ha::sweep_dataplane(&tx, fence, id, &policy)
+            .await)
     }
 }

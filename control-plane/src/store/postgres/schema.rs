@@ -7,7 +7,7 @@ use deadpool_postgres::GenericClient;
 use crate::store::StoreError;
 
 /// Schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Key of the advisory lock held while migrating ("weft" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7765_6674;
@@ -80,8 +80,38 @@ CREATE TABLE ca_roots (
 );
 ";
 
+/// Version 2: what replicas share about each other: heartbeats, one session row per
+/// dataplane stream (whichever replica holds it), and the leader lease.
+const MIGRATION_V2: &str = "
+CREATE TABLE replicas (
+    id            TEXT PRIMARY KEY,
+    address       TEXT NOT NULL,
+    started_at_ms BIGINT NOT NULL,
+    heartbeat_ms  BIGINT NOT NULL
+);
+CREATE TABLE dataplane_sessions (
+    dataplane_id   TEXT PRIMARY KEY,
+    replica_id     TEXT NOT NULL,
+    generation     BIGINT NOT NULL,
+    connected      BOOLEAN NOT NULL,
+    since_ms       BIGINT NOT NULL,
+    sent_version   BIGINT NOT NULL,
+    acked_version  BIGINT NOT NULL,
+    nacked_version BIGINT NOT NULL,
+    nack_error     TEXT NOT NULL,
+    cert_expiry    BIGINT NOT NULL
+);
+CREATE TABLE leader_lease (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    holder     TEXT NOT NULL,
+    epoch      BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+INSERT INTO leader_lease (id, holder, epoch, expires_ms) VALUES (1, '', 0, 0);
+";
+
 /// Every migration, in order: `(version, sql)`.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, MIGRATION_V2)];
 
 /// Brings the schema to [`SCHEMA_VERSION`]. Refuses a database written by a newer
 /// weft-cp, which may hold data this one would misread.

@@ -3,11 +3,12 @@
 
 use rusqlite::{Connection, Transaction, params};
 
+use super::ha::check_fence;
 use super::state::bump_bundle;
 use super::{all, one};
 use crate::store::rows::{self, CA_ROOT_COLS, CA_TIMES_COLS};
 use crate::store::rules;
-use crate::store::{CaRootRecord, CaRootTimes, StoreError};
+use crate::store::{CaRootRecord, CaRootTimes, Fence, StoreError};
 
 pub(super) fn add_root(tx: &Transaction<'_>, root: &CaRootRecord) -> Result<u64, StoreError> {
     if root.signing {
@@ -30,7 +31,9 @@ pub(super) fn set_signing_root(
     tx: &Transaction<'_>,
     sha: &str,
     now: i64,
+    fence: &Fence,
 ) -> Result<u64, StoreError> {
+    check_fence(tx, fence)?;
     let key: Option<String> = one(
         tx,
         "SELECT key_pem FROM ca_roots WHERE sha256 = ?1",

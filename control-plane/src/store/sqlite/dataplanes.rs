@@ -11,7 +11,7 @@ use crate::store::rows::{self, DATAPLANE_COLS};
 use crate::store::rules::{self, Registration};
 use crate::store::{DataplaneRecord, DataplaneRegistration, StoreError};
 
-fn find(conn: &Connection, id: &str) -> Result<Option<DataplaneRecord>, StoreError> {
+pub(super) fn find(conn: &Connection, id: &str) -> Result<Option<DataplaneRecord>, StoreError> {
     one(
         conn,
         &format!("SELECT {DATAPLANE_COLS} FROM dataplanes WHERE id = ?1"),

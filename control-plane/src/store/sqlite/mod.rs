@@ -9,6 +9,7 @@
 
 mod ca;
 mod dataplanes;
+mod ha;
 mod schema;
 mod services;
 mod state;
@@ -28,8 +29,9 @@ pub use schema::SCHEMA_VERSION;
 
 use super::rows::Columns;
 use super::{
-    CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, Store,
-    StoreError, StoreMeta, TokenRecord,
+    CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, Fence,
+    LeaseRecord, Liveness, ReplicaRecord, SessionRecord, Store, StoreError, StoreMeta,
+    SweepOutcome, SweepPolicy, TokenRecord,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -266,9 +268,15 @@ impl Store for SqliteStore {
         self.tx(move |tx| ca::add_root(tx, &root)).await
     }
 
-    async fn set_signing_root(&self, sha256: &str, now: i64) -> Result<u64, StoreError> {
-        let sha = sha256.to_owned();
-        self.tx(move |tx| ca::set_signing_root(tx, &sha, now)).await
+    async fn set_signing_root(
+        &self,
+        sha256: &str,
+        now: i64,
+        fence: &Fence,
+    ) -> Result<u64, StoreError> {
+        let (sha, fence) = (sha256.to_owned(), fence.clone());
+        self.tx(move |tx| ca::set_signing_root(tx, &sha, now, &fence))
+            .await
     }
 
     async fn set_ca_root_key(&self, sha256: &str, key_pem: &str) -> Result<(), StoreError> {
@@ -294,5 +302,70 @@ impl Store for SqliteStore {
             Ok(state)
         })
         .await
+    }
+
+    async fn heartbeat(&self, replica: &ReplicaRecord) -> Result<(), StoreError> {
+        let replica = replica.clone();
+        self.tx(move |tx| ha::heartbeat(tx, &replica)).await
+    }
+
+    async fn remove_replica(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.with(move |conn| ha::remove_replica(conn, &id)).await
+    }
+
+    async fn liveness(&self) -> Result<Liveness, StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let out = ha::liveness(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn open_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let session = session.clone();
+        self.with(move |conn| ha::open_session(conn, &session))
+            .await
+    }
+
+    async fn save_sessions(&self, sessions: Vec<SessionRecord>) -> Result<(), StoreError> {
+        self.tx(move |tx| ha::save_sessions(tx, &sessions)).await
+    }
+
+    async fn close_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let session = session.clone();
+        self.tx(move |tx| ha::close_session(tx, &session)).await
+    }
+
+    async fn try_lead(&self, holder: &str, ttl_ms: i64) -> Result<Option<(u64, i64)>, StoreError> {
+        let holder = holder.to_owned();
+        self.tx(move |tx| ha::try_lead(tx, &holder, ttl_ms)).await
+    }
+
+    async fn renew_lead(&self, fence: &Fence, ttl_ms: i64) -> Result<bool, StoreError> {
+        let fence = fence.clone();
+        self.tx(move |tx| ha::renew_lead(tx, &fence, ttl_ms)).await
+    }
+
+    async fn release_lead(&self, fence: &Fence) -> Result<(), StoreError> {
+        let fence = fence.clone();
+        self.with(move |conn| ha::release_lead(conn, &fence)).await
+    }
+
+    async fn lease(&self) -> Result<LeaseRecord, StoreError> {
+        self.with(|conn| ha::lease(conn)).await
+    }
+
+    async fn sweep_dataplane(
+        &self,
+        fence: &Fence,
+        id: &str,
+        policy: SweepPolicy,
+    ) -> Result<SweepOutcome, StoreError> {
+        let (fence, id) = (fence.clone(), id.to_owned());
+        self.tx(move |tx| ha::sweep_dataplane(tx, &fence, &id, &policy))
+            .await
     }
 }

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use crate::store::StoreError;
 
 /// Schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE meta (
@@ -85,6 +85,37 @@ const MIGRATION_V3: &str = "
 ALTER TABLE routes ADD COLUMN prefer_region TEXT NOT NULL DEFAULT '';
 ";
 
+/// Version 4: what replicas share about each other (with SQLite there is one, but the
+/// same liveness and leadership code runs): replica heartbeats, one session row per
+/// dataplane stream, and the leader lease.
+const MIGRATION_V4: &str = "
+CREATE TABLE replicas (
+    id            TEXT PRIMARY KEY,
+    address       TEXT NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    heartbeat_ms  INTEGER NOT NULL
+);
+CREATE TABLE dataplane_sessions (
+    dataplane_id   TEXT PRIMARY KEY,
+    replica_id     TEXT NOT NULL,
+    generation     INTEGER NOT NULL,
+    connected      INTEGER NOT NULL,
+    since_ms       INTEGER NOT NULL,
+    sent_version   INTEGER NOT NULL,
+    acked_version  INTEGER NOT NULL,
+    nacked_version INTEGER NOT NULL,
+    nack_error     TEXT NOT NULL,
+    cert_expiry    INTEGER NOT NULL
+);
+CREATE TABLE leader_lease (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    holder     TEXT NOT NULL,
+    epoch      INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+INSERT INTO leader_lease (id, holder, epoch, expires_ms) VALUES (1, '', 0, 0);
+";
+
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
@@ -94,7 +125,12 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )));
     }
     // Each step commits with its version, so an interrupted upgrade resumes where it stopped.
-    for (target, sql) in [(1, SCHEMA_V1), (2, MIGRATION_V2), (3, MIGRATION_V3)] {
+    for (target, sql) in [
+        (1, SCHEMA_V1),
+        (2, MIGRATION_V2),
+        (3, MIGRATION_V3),
+        (4, MIGRATION_V4),
+    ] {
         if version < target {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;

@@ -6,7 +6,7 @@ use weft_proto::v1::{DataplaneKind, Protocol, Route};
 
 use super::schema::SCHEMA_V1;
 use super::*;
-use crate::store::{Tombstone, TombstoneKind};
+use crate::store::{Fence, Tombstone, TombstoneKind};
 
 fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -160,7 +160,12 @@ async fn switching_the_signing_root_records_when_the_old_one_stopped() {
         times(&s.ca_root_times().await.unwrap()),
         [("old".into(), 0), ("new".into(), 0)]
     );
-    let switched = s.set_signing_root("new", 500).await.unwrap();
+    let (epoch, _) = s.try_lead("me", 60_000).await.unwrap().unwrap();
+    let fence = Fence {
+        holder: "me".into(),
+        epoch,
+    };
+    let switched = s.set_signing_root("new", 500, &fence).await.unwrap();
     let st = s.config_state().await.unwrap();
     assert!(switched > added && st.bundle_revision == switched);
     assert_eq!(
@@ -245,4 +250,34 @@ async fn reopen_keeps_everything() {
     let a = s.get_service("a").await.unwrap();
     assert_eq!(a.protocol, Protocol::Grpc as i32);
     assert_eq!(a.port, 9000);
+}
+
+#[tokio::test]
+async fn the_lease_moves_only_when_free_and_a_stale_fence_writes_nothing() {
+    let (_d, s) = store();
+    s.add_ca_root(root("old", true, 1)).await.unwrap();
+    s.add_ca_root(root("new", false, 2)).await.unwrap();
+    let (first, _) = s.try_lead("a", 60_000).await.unwrap().unwrap();
+    assert!(
+        s.try_lead("b", 60_000).await.unwrap().is_none(),
+        "held by a"
+    );
+    let a = Fence {
+        holder: "a".into(),
+        epoch: first,
+    };
+    assert!(s.renew_lead(&a, 60_000).await.unwrap());
+    // a lets go; b takes over at a higher epoch, and a's fence no longer holds.
+    s.release_lead(&a).await.unwrap();
+    let (second, _) = s.try_lead("b", 60_000).await.unwrap().unwrap();
+    assert!(second > first);
+    assert!(!s.renew_lead(&a, 60_000).await.unwrap());
+    let before = s.config_state().await.unwrap().revision;
+    assert!(matches!(
+        s.set_signing_root("new", 5, &a).await,
+        Err(StoreError::NotLeader(m)) if m.contains("another replica leads")
+    ));
+    assert_eq!(s.config_state().await.unwrap().revision, before);
+    let lease = s.lease().await.unwrap();
+    assert_eq!((lease.holder.as_str(), lease.epoch), ("b", second));
 }
