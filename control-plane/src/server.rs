@@ -262,7 +262,7 @@ pub async fn run(
     }
     let replica = ReplicaRecord {
         id: random_hex(8)?,
-        address: cfg.listen.to_string(),
+        address: replica_address(&cfg),
         started_at_ms: now_ms(),
         heartbeat_ms: 0,
     };
@@ -410,6 +410,20 @@ fn leader_duties(cfg: &CpConfig, shared: &Arc<Shared>) -> Duties {
             }
         })
     })
+}
+
+/// How `cp status` names this replica: its listen address, or with a wildcard listen
+/// address, the host name (what other replicas and dataplanes would dial).
+fn replica_address(cfg: &CpConfig) -> String {
+    if !cfg.listen.ip().is_unspecified() {
+        return cfg.listen.to_string();
+    }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| cfg.listen.ip().to_string());
+    format!("{host}:{}", cfg.listen.port())
 }
 
 fn now_ms() -> i64 {

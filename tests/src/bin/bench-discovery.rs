@@ -15,6 +15,12 @@
 //! 4. measures weft-cp's RSS before the first and after the last subscriber connected;
 //! 5. makes `--changes` SetProtocol calls, one service at a time, and for each records
 //!    when the first and the last subscriber acked the update carrying the change.
+//!
+//! With `--replicas N` (N > 1) it starts a throwaway PostgreSQL (as the tests do, see
+//! `weft_tests::postgres`) and N weft-cp replicas on it; subscribers are spread over
+//! the replicas, every change is made through the first, and memory is reported per
+//! replica. The change then reaches the other replicas' subscribers through the
+//! database's notification.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read as _, Write as _};
@@ -43,6 +49,9 @@ use weft_tests::{BearerToken, DataplaneIdentity, free_port, sidecar_hello};
 
 /// Goal: every subscriber acked a change within this.
 const GOAL_LAST_ACK: Duration = Duration::from_millis(100);
+/// Goals with replicas: a change through one replica acked by every subscriber of all.
+const GOAL_REPLICAS_P50: Duration = Duration::from_millis(100);
+const GOAL_REPLICAS_MAX: Duration = Duration::from_millis(200);
 /// Goal: control plane memory per connected subscriber.
 const GOAL_KB_PER_SUBSCRIBER: f64 = 50.0;
 /// A change not acked by everyone within this counts as failed.
@@ -69,6 +78,9 @@ struct Args {
     /// The weft-cp binary (default: next to this executable, i.e. target/<profile>/).
     #[arg(long)]
     cp_bin: Option<PathBuf>,
+    /// weft-cp replicas on one PostgreSQL (started by the benchmark); 1 = SQLite.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 /// What a subscriber task tells the coordinator.
@@ -101,7 +113,7 @@ impl CpProcess {
     ///
     /// The harness cannot be used here: its `bin()` assumes the running executable is a
     /// test in `target/<profile>/deps/`, while this binary runs from `target/<profile>/`.
-    async fn start(bin: &Path) -> anyhow::Result<Self> {
+    async fn start(bin: &Path, extra: &[String]) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
         let data_dir = tmp.path().join("weft-data");
         let log = tmp.path().join("cp.log");
@@ -115,6 +127,7 @@ impl CpProcess {
             .arg(grpc.to_string())
             .arg("--http")
             .arg(http.to_string())
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -461,7 +474,24 @@ async fn main() -> anyhow::Result<()> {
         load_average()
     );
 
-    let cp = CpProcess::start(&cp_bin).await?;
+    if args.replicas == 0 || n % args.replicas != 0 {
+        bail!("--subscribers must be a multiple of --replicas (at least 1)");
+    }
+    // Replicas share a PostgreSQL started for the run; one weft-cp keeps SQLite.
+    let db = (args.replicas > 1).then(weft_tests::postgres::Shared::start);
+    let extra = db.as_ref().map(|d| d.replica_args()).unwrap_or_default();
+    let mut cps = Vec::with_capacity(args.replicas);
+    for _ in 0..args.replicas {
+        cps.push(CpProcess::start(&cp_bin, &extra).await?);
+    }
+    if let Some(db) = &db {
+        println!(
+            "store:       PostgreSQL at {} shared by {} replicas; changes made through the first",
+            db.pg.url(),
+            args.replicas
+        );
+    }
+    let cp = &cps[0];
     let url = cp.url();
     let mut admin = cp.admin().await?;
 
@@ -488,7 +518,7 @@ async fn main() -> anyhow::Result<()> {
         identities.push(DataplaneIdentity::bootstrap(&url, &token).await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_before = cp.rss_kib()?;
+    let rss_before: Vec<u64> = cps.iter().map(|c| c.rss_kib()).collect::<Result<_, _>>()?;
     let fds_before = cp.open_fds();
 
     // Connect: each subscriber gets its own channel, hence its own TCP+TLS connection.
@@ -499,8 +529,11 @@ async fn main() -> anyhow::Result<()> {
     for idx in 0..n {
         let service = idx % args.services;
         let identity = &identities[service];
-        let channel =
-            weft_sidecar::control::bootstrap::mtls_channel(&url, identity.manager.subscribe())?;
+        let replica_url = cps[idx % cps.len()].url();
+        let channel = weft_sidecar::control::bootstrap::mtls_channel(
+            &replica_url,
+            identity.manager.subscribe(),
+        )?;
         let hello = sidecar_hello(
             &names[service],
             "bench",
@@ -536,9 +569,11 @@ async fn main() -> anyhow::Result<()> {
     let settle_start = Instant::now();
     let settle_updates = settle(&mut events, SETTLE_QUIET, &mut seen).await?;
     let settled_in = settle_start.elapsed().saturating_sub(SETTLE_QUIET);
-    let rss_after = cp.rss_kib()?;
+    let rss_after: Vec<u64> = cps.iter().map(|c| c.rss_kib()).collect::<Result<_, _>>()?;
     let fds_after = cp.open_fds();
-    let streams = cp.metric("weft_cp_discovery_streams").unwrap_or(f64::NAN);
+    let metric =
+        |name: &str| -> f64 { cps.iter().map(|c| c.metric(name).unwrap_or(f64::NAN)).sum() };
+    let streams = metric("weft_cp_discovery_streams");
     let latest = seen.last_version.iter().copied().max().unwrap_or(0);
     let behind = seen.last_version.iter().filter(|v| **v != latest).count();
     if behind > 0 {
@@ -560,7 +595,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "weft-cp pushed {} updates while the subscribers connected (each new endpoint is pushed to every connected subscriber, coalesced per stream)",
-        cp.metric("weft_cp_pushes_total").unwrap_or(f64::NAN)
+        metric("weft_cp_pushes_total")
     );
     println!(
         "weft-cp: {streams} discovery streams open, {} more file descriptors than before connecting",
@@ -578,7 +613,7 @@ async fn main() -> anyhow::Result<()> {
     let mut firsts = Vec::new();
     let mut lasts = Vec::new();
     let mut failed = 0;
-    let pushes_before = cp.metric("weft_cp_pushes_total").unwrap_or(f64::NAN);
+    let pushes_before = metric("weft_cp_pushes_total");
     for change in 0..args.changes {
         let service = change % args.services;
         let next = if protocols[service] == Protocol::Http {
@@ -627,15 +662,21 @@ async fn main() -> anyhow::Result<()> {
         // Let the acks reach weft-cp before the next change.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let pushes = cp.metric("weft_cp_pushes_total").unwrap_or(f64::NAN) - pushes_before;
-    let acks_total = cp.metric("weft_cp_acks_total").unwrap_or(f64::NAN);
-    let pushes_total = cp.metric("weft_cp_pushes_total").unwrap_or(f64::NAN);
+    let pushes = metric("weft_cp_pushes_total") - pushes_before;
+    let acks_total = metric("weft_cp_acks_total");
+    let pushes_total = metric("weft_cp_pushes_total");
     firsts.sort();
     lasts.sort();
 
-    let delta_kib = rss_after.saturating_sub(rss_before);
-    // kB = 1000 bytes (the stricter reading of the goal).
-    let per_sub_kb = delta_kib as f64 * 1024.0 / 1000.0 / n as f64;
+    // Per replica: each holds n / replicas subscribers. kB = 1000 bytes (the stricter
+    // reading of the goal); the verdict takes the replica that costs the most.
+    let per_replica = n / cps.len();
+    let per_sub: Vec<f64> = rss_before
+        .iter()
+        .zip(&rss_after)
+        .map(|(b, a)| a.saturating_sub(*b) as f64 * 1024.0 / 1000.0 / per_replica as f64)
+        .collect();
+    let per_sub_kb = per_sub.iter().copied().fold(0.0, f64::max);
     let p99_last = percentile(&lasts, 99.0);
     let max_last = percentile(&lasts, 100.0);
 
@@ -667,12 +708,19 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!("## memory (weft-cp VmRSS)");
-    println!(
-        "before connecting: {:.1} MiB; after {n} subscribers settled: {:.1} MiB; delta {:.1} MiB = {per_sub_kb:.1} kB per subscriber (kB = 1000 bytes)",
-        rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0,
-        delta_kib as f64 / 1024.0
-    );
+    for (i, ((before, after), kb)) in rss_before.iter().zip(&rss_after).zip(&per_sub).enumerate() {
+        let who = if cps.len() > 1 {
+            format!("replica {} ({per_replica} subscribers): ", i + 1)
+        } else {
+            String::new()
+        };
+        println!(
+            "{who}before connecting: {:.1} MiB; after {per_replica} subscribers settled: {:.1} MiB; delta {:.1} MiB = {kb:.1} kB per subscriber (kB = 1000 bytes)",
+            *before as f64 / 1024.0,
+            *after as f64 / 1024.0,
+            after.saturating_sub(*before) as f64 / 1024.0
+        );
+    }
     println!();
     println!("## goals");
     println!(
@@ -682,6 +730,18 @@ async fn main() -> anyhow::Result<()> {
         ms(max_last),
         verdict(failed == 0 && max_last <= GOAL_LAST_ACK)
     );
+    if cps.len() > 1 {
+        // Across replicas the change also crosses the database's notification.
+        let p50_last = percentile(&lasts, 50.0);
+        println!(
+            "replicas: all {n} acked in p50 <= {} ms and max <= {} ms: p50 {} ms, max {} ms  {}",
+            GOAL_REPLICAS_P50.as_millis(),
+            GOAL_REPLICAS_MAX.as_millis(),
+            ms(p50_last),
+            ms(max_last),
+            verdict(failed == 0 && p50_last <= GOAL_REPLICAS_P50 && max_last <= GOAL_REPLICAS_MAX)
+        );
+    }
     println!(
         "under {GOAL_KB_PER_SUBSCRIBER:.0} kB per subscriber: {per_sub_kb:.1} kB  {}",
         verdict(per_sub_kb <= GOAL_KB_PER_SUBSCRIBER)
@@ -690,7 +750,7 @@ async fn main() -> anyhow::Result<()> {
     for t in tasks {
         t.abort();
     }
-    let log = cp.log_text();
+    let log: String = cps.iter().map(|c| c.log_text()).collect();
     let problems: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
