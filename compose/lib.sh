@@ -25,9 +25,22 @@ dc() {
     -f "$compose_dir/docker-compose.yml" "${envf[@]}" "$@"
 }
 
-# weftctl inside the control plane's container: it finds /weft-data (admin token, CA).
+# The control plane replicas, and the URL list every client is given.
+cp_replicas=(cp-1 cp-2)
+cp_urls="https://cp-1:7400,https://cp-2:7400"
+
+# weftctl inside a running control plane container: it finds /weft-data (admin token,
+# CA, the same in every replica) and tries the replicas in turn.
 ctl() {
-  docker exec -i weft-cp weftctl "$@"
+  local c
+  for c in "${cp_replicas[@]}"; do
+    if [ "$(docker inspect -f '{{.State.Running}}' "weft-$c" 2>/dev/null)" = true ]; then
+      docker exec -i "weft-$c" weftctl --cp "$cp_urls" "$@"
+      return
+    fi
+  done
+  echo "error: no control plane replica is running" >&2
+  return 1
 }
 
 log() { printf '== %s\n' "$*"; }

@@ -4,8 +4,11 @@
 # traffic and reports, for each, the count of failed requests:
 #   1. the eu web app stops: eu traffic fails over to us, and comes back to eu;
 #   2. the wan network is cut: traffic inside each region goes on;
-#   3. the control plane stops: traffic goes on, and a sidecar restarts from its state;
-#   4. everything is back: every dataplane connected, healthy and in sync.
+#   3. the leader control plane replica is killed (SIGKILL): traffic goes on, the other
+#      replica leads within seconds, takes changes, and every dataplane fails over to it;
+#   4. the control plane stops (both replicas): traffic goes on, and a sidecar restarts
+#      from its state;
+#   5. everything is back: every dataplane connected, healthy and in sync.
 # Exits non-zero on the first broken expectation. Tears the demo down at the end unless
 # WEFT_KEEP=1. WEFT_SKIP_CARGO=1 reuses binaries already built (as .ci/run does).
 set -euo pipefail
@@ -22,7 +25,8 @@ cleanup() {
   if [ "$rc" != 0 ]; then
     echo "== FAILED; state of the demo for the record:"
     ctl dataplane list 2>&1 || true
-    for c in weft-eu-gateway weft-us-gateway weft-eu-ingress weft-us-ingress weft-eu-web-sidecar; do
+    ctl cp status 2>&1 || true
+    for c in weft-cp-1 weft-cp-2 weft-eu-gateway weft-us-gateway weft-eu-ingress weft-us-ingress weft-eu-web-sidecar; do
       echo "-- $c (last lines)"
       docker logs --tail 15 "$c" 2>&1 | cut -c1-300 || true
     done
@@ -38,12 +42,13 @@ cleanup() {
 trap cleanup EXIT
 
 wan="${COMPOSE_PROJECT_NAME}_wan"
-wan_members=(cp eu-gateway us-gateway eu-ingress us-ingress)
+wan_members=("${cp_replicas[@]}" eu-gateway us-gateway eu-ingress us-ingress)
 wan_disconnect() {
   for s in "${wan_members[@]}"; do docker network disconnect "$wan" "weft-$s"; done
 }
 wan_connect() {
   for s in "${wan_members[@]}"; do
+    [ "$(docker inspect -f '{{.State.Running}}' "weft-$s" 2>/dev/null)" = true ] || continue
     docker network inspect "$wan" -f '{{range .Containers}}{{.Name}} {{end}}' | grep -qw "weft-$s" ||
       docker network connect --alias "$s" "$wan" "weft-$s"
   done
@@ -133,9 +138,43 @@ traffic_stop "wan cut"
 eventually 30 grpc_us || die "eu -> us did not work again once the wan was back"
 echo "   eu -> us works again with the wan back"
 
-log "fault 3: the control plane stops; a sidecar restarts meanwhile"
+# The replica `cp status` names as leader, and the epoch: "cp-1 7".
+leader_now() {
+  ctl cp status -o json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+lead = [r["address"].split(":")[0] for r in s["replicas"] if r["leader"]]
+print(lead[0] if lead else "-", s["epoch"])'
+}
+led_by_other() { # replica-that-died old-epoch
+  local now
+  now=$(leader_now 2>/dev/null) || return 1
+  set -- "$1" "$2" $now
+  [ "$3" != "-" ] && [ "$3" != "$1" ] && [ "$4" -gt "$2" ]
+}
+
+log "fault 3: the leader control plane replica is killed (SIGKILL)"
+read -r leader epoch < <(leader_now)
+[ "$leader" != "-" ] || die "no control plane replica leads"
+echo "   $leader leads at epoch $epoch"
 traffic_start "$eu_web" "$us_web" "$eu_api" "$us_api"
-docker stop weft-cp >/dev/null
+killed_at=$(date +%s%N)
+docker kill weft-"$leader" >/dev/null
+eventually 15 led_by_other "$leader" "$epoch" || die "no other replica took over from $leader"
+took=$(( ($(date +%s%N) - killed_at) / 1000000 ))
+read -r new_leader new_epoch < <(leader_now)
+echo "   $new_leader leads at epoch $new_epoch, ${took} ms after the kill"
+echo "leader killed: $new_leader took over at epoch $new_epoch after ${took} ms" >>"$work/summary"
+# A change through the survivor reaches every dataplane, which failed over to it.
+ctl service create failover-check --protocol tcp >/dev/null
+"$compose_dir/wait-sync.sh" "$dataplanes" 60
+ctl service delete failover-check >/dev/null
+traffic_stop "leader replica killed"
+docker start weft-"$leader" >/dev/null
+
+log "fault 4: the control plane stops; a sidecar restarts meanwhile"
+traffic_start "$eu_web" "$us_web" "$eu_api" "$us_api"
+docker stop weft-cp-1 weft-cp-2 >/dev/null
 sleep 3
 docker restart weft-eu-api-sidecar >/dev/null
 # The restarted sidecar serves from its state directory (certificate and config) with
@@ -144,8 +183,8 @@ eventually 60 app_is eu api.localhost eu-api || die "the restarted eu api sideca
 sleep 2
 traffic_stop "cp down, sidecar restarted"
 
-log "fault 4: the control plane is back; everything converges"
-docker start weft-cp >/dev/null
+log "fault 5: the control plane is back; everything converges"
+docker start weft-cp-1 weft-cp-2 >/dev/null
 "$compose_dir/wait-sync.sh" "$dataplanes" 90
 unhealthy=$(ctl dataplane list -o json | python3 -c '
 import json, sys

@@ -11,14 +11,25 @@ regions=(eu us)
 apps=(web api echo)
 
 "$compose_dir/build-image.sh"
+"$compose_dir/build-postgres-image.sh"
 
-log "starting the control plane"
-dc up -d --no-recreate cp
-for _ in $(seq 1 100); do
+# The secret that encrypts the CA key in the database, the same for both replicas.
+mkdir -p "$run_dir"
+if [ ! -s "$run_dir/ca-key-secret" ]; then
+  log "CA key secret -> $run_dir/ca-key-secret"
+  (umask 077 && head -c 32 /dev/urandom | base64 >"$run_dir/ca-key-secret")
+fi
+# The replicas run as uid 65532: give it the file rather than opening it to everyone.
+chown 65532 "$run_dir/ca-key-secret" 2>/dev/null || chmod 0644 "$run_dir/ca-key-secret"
+
+log "starting PostgreSQL and the control plane replicas"
+dc up -d --no-recreate postgres "${cp_replicas[@]}"
+# A replica that starts before PostgreSQL accepts connections exits and is restarted.
+for _ in $(seq 1 200); do
   ctl service list >/dev/null 2>&1 && break
   sleep 0.3
 done
-ctl service list >/dev/null || die "the control plane did not come up: see '${compose_cmd[*]} -p $COMPOSE_PROJECT_NAME logs cp'"
+ctl service list >/dev/null || die "the control plane did not come up: see '${compose_cmd[*]} -p $COMPOSE_PROJECT_NAME logs postgres cp-1 cp-2'"
 
 log "services and routes"
 ensure_service() { # name protocol port
@@ -78,7 +89,8 @@ The demo is up: regions eu and us, each with web (HTTP/1.1), api (h2c) and echo 
 
 Try:
   curl --cacert compose/.run/eu-gateway.pem --resolve web.localhost:$eu_https:127.0.0.1 https://web.localhost:$eu_https/hello
-  docker exec weft-cp weftctl dataplane list
+  docker exec weft-cp-1 weftctl cp status
+  docker exec weft-cp-1 weftctl dataplane list
   compose/demo.sh        a guided tour (HTTP/2 end to end, gRPC across regions, failover)
   compose/down.sh        stop and remove everything
 MSG
