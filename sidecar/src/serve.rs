@@ -151,9 +151,15 @@ pub enum Close {
     Now,
 }
 
+/// How long a connection asked to finish gracefully because it was idle may take to
+/// close (HTTP/2 waits for the client to answer a PING between its two GOAWAYs; a
+/// client that never answers is not kept for that).
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs `conn` until it ends. It is asked to finish gracefully when the drain begins
-/// or `close` resolves with [`Close::Gracefully`], and dropped (closed at once) when
-/// `close` resolves with [`Close::Now`]. `what` names it in logs.
+/// (its requests in progress may take until the drain timeout) or when `close`
+/// resolves with [`Close::Gracefully`] (then it has [`IDLE_CLOSE_GRACE`]), and dropped
+/// (closed at once) when `close` resolves with [`Close::Now`]. `what` names it in logs.
 pub async fn http_connection<C, F>(conn: C, mut drain: Drain, close: F, what: &str)
 where
     C: Graceful,
@@ -162,6 +168,8 @@ where
     let mut conn = std::pin::pin!(conn);
     let mut close = std::pin::pin!(close);
     let mut closing = false;
+    let grace = tokio::time::sleep(Duration::MAX);
+    let mut grace = std::pin::pin!(grace);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -176,6 +184,11 @@ where
                 }
                 closing = true;
                 conn.as_mut().finish();
+                grace.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+            }
+            _ = grace.as_mut() => {
+                tracing::debug!("{what} connection did not finish closing in time; dropped");
+                return;
             }
             _ = drain.signaled(), if !closing => {
                 closing = true;

@@ -25,7 +25,7 @@ class StreamState:
 
 
 class H2Client:
-    def __init__(self, host, port, tls_ca=None, server_name=None, timeout=10.0):
+    def __init__(self, host, port, tls_ca=None, server_name=None, timeout=10.0, raw=False):
         self.timeout = timeout
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -37,7 +37,14 @@ class H2Client:
             if sock.selected_alpn_protocol() != "h2":
                 raise RuntimeError(f"server chose ALPN {sock.selected_alpn_protocol()!r}, not h2")
         self.sock = sock
-        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        # raw: send header fields exactly as given (no validation, no normalisation), to
+        # see how a server treats fields a careful client would never send.
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding="utf-8",
+            validate_outbound_headers=not raw,
+            normalize_outbound_headers=not raw,
+        )
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.initiate_connection()
         self.streams = {}
@@ -146,6 +153,14 @@ def headers_dict(headers):
     for name, value in headers or ():
         out.setdefault(name, []).append(value)
     return out
+
+
+def raw_header_pair(text):
+    """argparse type for K:V taken verbatim: the value keeps its whitespace."""
+    key, sep, value = text.partition(":")
+    if not sep or not key:
+        raise ValueError(f"expected K:V, got {text!r}")
+    return key.lower(), value
 
 
 def header_pair(text):

@@ -333,7 +333,15 @@ async fn the_app_cannot_set_the_mesh_error_header() {
                         .header("weft-error-code", "WEFT-2")
                         .body(())
                         .unwrap();
-                    let _ = respond.send_response(resp, true);
+                    // ...and in its trailers.
+                    let Ok(mut send) = respond.send_response(resp, false) else {
+                        continue;
+                    };
+                    let _ = send.send_data(bytes::Bytes::from_static(b"fake"), false);
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("weft-error-code", "WEFT-3".parse().unwrap());
+                    trailers.insert("x-app-trailer", "kept".parse().unwrap());
+                    let _ = send.send_trailers(trailers);
                 }
             });
         }
@@ -351,6 +359,38 @@ async fn the_app_cannot_set_the_mesh_error_header() {
             );
         }
     }
+    // Not in trailers either (the app's other trailers cross).
+    let out = py_ok(
+        "h2_request.py",
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &gw.http.port().to_string(),
+            "--authority",
+            "liar2.example.com",
+        ],
+    );
+    assert_eq!(out["status"], "503", "{out:#}");
+    assert_eq!(out["trailers"]["x-app-trailer"][0], "kept", "{out:#}");
+    assert!(out["trailers"].get("weft-error-code").is_none(), "{out:#}");
+    // Nor in the answer to a WebSocket handshake the app refuses.
+    let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: liar.example.com\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let h = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(h.starts_with("http/1.1 503"), "{h}");
+    assert!(!h.contains("weft-error-code"), "{h}");
 }
 
 #[tokio::test]

@@ -269,7 +269,8 @@ impl Drop for ResponseBody {
 }
 
 /// A public client's request body on its way into the mesh: fails when no byte
-/// arrives for `timeout`, so a client that stops sending cannot hold a mesh stream.
+/// arrives for `timeout`, so a client that stops sending cannot hold a mesh stream;
+/// its trailers are cleaned ([`crate::http::headers::clean_trailers`]).
 pub struct RequestBody {
     inner: Incoming,
     timeout: Duration,
@@ -307,7 +308,17 @@ impl HttpBody for RequestBody {
             Poll::Ready(frame) => {
                 let deadline = tokio::time::Instant::now() + self.timeout;
                 self.timer.as_mut().reset(deadline);
-                Poll::Ready(frame.map(|f| f.map_err(RequestBodyError::from)))
+                let frame = frame.map(|f| {
+                    f.map(|f| match f.into_trailers() {
+                        Ok(mut t) => {
+                            crate::http::headers::clean_trailers(&mut t);
+                            Frame::trailers(t)
+                        }
+                        Err(f) => f,
+                    })
+                    .map_err(RequestBodyError::from)
+                });
+                Poll::Ready(frame)
             }
             Poll::Pending => {
                 ready!(self.timer.as_mut().poll(cx));

@@ -3,11 +3,11 @@
 //! `h2` and `http/1.1` (a client offering neither is refused during the handshake).
 //!
 //! Time limits per connection: the first bytes (TLS ClientHello, HTTP/2 preface or the
-//! first request line) and, after `Upgrade: h2c`, the client's preface within
-//! [`FIRST_BYTES_TIMEOUT`]; then the connection lives while it has requests in
-//! progress, closes gracefully once idle for `--idle-timeout`, and is closed when a
-//! client leaves response data waiting without taking any for the progress timeout
-//! (see [`super::body`]).
+//! first request line) and, after `Upgrade: h2c`, the client's preface within 30 s
+//! ([`limits::first_bytes_timeout`]: the idle timeout when it is shorter); then the
+//! connection lives while it has requests in progress, closes gracefully once idle for
+//! `--idle-timeout`, and is closed when a client leaves response data waiting without
+//! taking any for the progress timeout (see [`super::body`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,7 +23,7 @@ use super::body::{ConnClock, ResponseBody};
 use super::h2c_upgrade;
 use super::proxy::{ConnInfo, Gateway};
 use crate::errors::full;
-use crate::http::limits::{self, FIRST_BYTES_TIMEOUT};
+use crate::http::limits;
 use crate::http::{authority, headers};
 use crate::inbound::detect::{Rewind, sniff};
 use crate::serve::{self, Drain};
@@ -68,7 +68,7 @@ where
             Ok(gw.handle(info, req).await)
         }
     });
-    let conn = limits::h1_server()
+    let conn = limits::h1_server(limits::first_bytes_timeout(idle))
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     serve::http_connection(conn, drain, clock.expired(idle), "client HTTP/1.1").await;
@@ -124,7 +124,7 @@ fn upgrade_h2c(
                 };
                 let mut io = TokioIo::new(io);
                 let preamble = tokio::time::timeout(
-                    FIRST_BYTES_TIMEOUT,
+                    limits::first_bytes_timeout(gw.idle_timeout),
                     h2c_upgrade::preamble(&mut io, frame),
                 )
                 .await;
@@ -171,8 +171,8 @@ fn conn_info(peer: SocketAddr, tls: bool, sni: Option<String>, protocol: &'stati
 
 /// Serves one plain connection: HTTP/2 prior knowledge or HTTP/1.1, by its first bytes.
 pub async fn plain(mut tcp: TcpStream, peer: SocketAddr, gw: Arc<Gateway>, drain: Drain) {
-    let Ok(Ok((h2, prefix))) = tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&mut tcp)).await
-    else {
+    let first_bytes = limits::first_bytes_timeout(gw.idle_timeout);
+    let Ok(Ok((h2, prefix))) = tokio::time::timeout(first_bytes, sniff(&mut tcp)).await else {
         return;
     };
     let io = Rewind::new(prefix, tcp);
@@ -192,7 +192,7 @@ pub async fn secure(
     drain: Drain,
 ) {
     let accepted = tokio::time::timeout(
-        FIRST_BYTES_TIMEOUT,
+        limits::first_bytes_timeout(gw.idle_timeout),
         tokio_rustls::TlsAcceptor::from(tls).accept(tcp),
     )
     .await;

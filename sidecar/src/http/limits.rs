@@ -45,11 +45,18 @@ const _: () = assert!(
 pub const APP_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
 /// How long a client may take to send its first bytes (or, after `Upgrade: h2c`, its
-/// connection preface), and an HTTP/1.1 request's header section.
+/// connection preface), and an HTTP/1.1 request's header section. A shorter idle
+/// timeout, when one is configured, applies instead (see [`first_bytes_timeout`]).
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a body may make no progress: a request body from which no byte arrives, or
 /// a connection with response data waiting from which the client takes nothing.
 pub const BODY_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The first-bytes deadline for a listener whose idle timeout is `idle`: a connection
+/// that has sent nothing yet is never kept longer than an idle one.
+pub fn first_bytes_timeout(idle: Duration) -> Duration {
+    FIRST_BYTES_TIMEOUT.min(idle)
+}
 
 /// Size of a header section as the limit counts it (RFC 9113 §6.5.2: name, value and
 /// 32 bytes of overhead per field).
@@ -84,11 +91,12 @@ pub fn mesh_h2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     b
 }
 
-/// The HTTP/1.1 server (public clients, and HTTP/1.1 clients inside a tunnel stream).
-pub fn h1_server() -> hyper::server::conn::http1::Builder {
+/// The HTTP/1.1 server (public clients, and HTTP/1.1 clients inside a tunnel stream);
+/// `head_timeout` bounds the reading of each request's header section.
+pub fn h1_server(head_timeout: Duration) -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
-        .header_read_timeout(FIRST_BYTES_TIMEOUT)
+        .header_read_timeout(head_timeout)
         .max_buf_size(MAX_HEADER_BYTES + HYPER_HEADER_SLACK)
         .max_headers(MAX_H1_HEADERS);
     b
@@ -180,6 +188,18 @@ impl Drop for Leave<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_bytes_come_within_30s_or_the_shorter_idle_timeout() {
+        assert_eq!(
+            first_bytes_timeout(Duration::from_secs(300)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            first_bytes_timeout(Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+    }
 
     #[tokio::test]
     async fn the_limiter_queues_up_to_its_bound_then_refuses() {

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use super::Delivery;
 use crate::control::config::Selector;
-use crate::errors::{Body, MeshError, Rejection, Respond, boxed, full, grpc_to_http_message};
+use crate::errors::{Body, MeshError, Rejection, Respond, full, grpc_to_http_message};
 use crate::http::limits::{self, Limiter, Slot};
 use crate::http::{authority, convert, ws};
 use crate::tunnel::io::H2Io;
@@ -254,7 +254,8 @@ async fn forward_to(
         return websocket_to(req, form, authority, to, respond, slot, d).await;
     }
     convert::request(&mut req, authority, to, respond)?;
-    let req = req.map(boxed);
+    // The client's trailers cross cleaned, like the app's on the way back.
+    let req = req.map(convert::clean_trailers);
     let sent = if to == Version::HTTP_2 {
         d.apps.h2.request(req).await
     } else {

@@ -30,7 +30,7 @@ where
     let r = if client_h2 {
         limits::mesh_h2_server().serve_connection(io, svc).await
     } else {
-        limits::h1_server()
+        limits::h1_server(limits::FIRST_BYTES_TIMEOUT)
             .serve_connection(io, svc)
             .with_upgrades()
             .await
