@@ -15,7 +15,7 @@
 //! | `/trailers` | the echo plus trailer `x-demo-trailer: done`, declared in `Trailer` (h1: only if the request had `TE: trailers`) |
 //! | `/trailers?declare=0` | the same without the `Trailer` header (as h2 and gRPC servers usually answer) |
 //! | `/ws` | WebSocket echo, see [`crate::ws`] |
-//! | `/_requests` | `{"events": [...]}`: how recent bodies ended, see [`crate::journal`] |
+//! | `/_requests` | `{"events": [...], "total": N}`: how recent bodies ended, and how many ever did (see [`crate::journal`]) |
 //!
 //! Every answer carries `x-demo-version` (`HTTP/1.1` or `HTTP/2.0`) and `x-demo-app`.
 
@@ -141,12 +141,12 @@ fn requests(journal: &Journal) -> Response<RespBody> {
     #[derive(Serialize)]
     struct Events {
         events: Vec<Event>,
+        total: u64,
     }
+    let (events, total) = journal.events();
     let mut resp = with_status(
         StatusCode::OK,
-        body::full(to_json(&Events {
-            events: journal.events(),
-        })),
+        body::full(to_json(&Events { events, total })),
     );
     set_json(&mut resp);
     resp

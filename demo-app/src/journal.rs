@@ -33,22 +33,31 @@ pub struct Event {
 /// The events of one app process.
 #[derive(Debug, Default)]
 pub struct Journal {
-    events: Mutex<VecDeque<Event>>,
+    inner: Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    events: VecDeque<Event>,
+    /// Every event ever recorded, also those no longer kept (a flood of requests is
+    /// counted even when it overflows the queue).
+    total: u64,
 }
 
 impl Journal {
     pub fn record(&self, event: Event) {
         // A panic elsewhere while holding the lock leaves a usable queue: keep going.
-        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        if events.len() == KEEP {
-            events.pop_front();
+        let mut kept = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.events.len() == KEEP {
+            kept.events.pop_front();
         }
-        events.push_back(event);
+        kept.events.push_back(event);
+        kept.total += 1;
     }
 
-    /// Every event kept, oldest first.
-    pub fn events(&self) -> Vec<Event> {
-        let events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        events.iter().cloned().collect()
+    /// Every event kept, oldest first, and how many were ever recorded.
+    pub fn events(&self) -> (Vec<Event>, u64) {
+        let kept = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (kept.events.iter().cloned().collect(), kept.total)
     }
 }

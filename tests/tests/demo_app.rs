@@ -590,6 +590,11 @@ mod demo_app {
             head.len() == 1 && head[0]["method"] == "HEAD" && head[0]["bytes"] == 0,
             "{events:#}"
         );
+        // Under the 1,000 kept, the total is the count of events.
+        assert_eq!(
+            events["total"].as_u64(),
+            Some(events["events"].as_array().unwrap().len() as u64)
+        );
     }
 
     /// A request body cut off mid-way is journaled as aborted, with what had arrived.
