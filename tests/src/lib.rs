@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod openloop;
+pub mod paths;
 pub mod postgres;
 pub mod proxy;
 
