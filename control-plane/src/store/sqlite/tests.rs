@@ -251,33 +251,3 @@ async fn reopen_keeps_everything() {
     assert_eq!(a.protocol, Protocol::Grpc as i32);
     assert_eq!(a.port, 9000);
 }
-
-#[tokio::test]
-async fn the_lease_moves_only_when_free_and_a_stale_fence_writes_nothing() {
-    let (_d, s) = store();
-    s.add_ca_root(root("old", true, 1)).await.unwrap();
-    s.add_ca_root(root("new", false, 2)).await.unwrap();
-    let (first, _) = s.try_lead("a", 60_000).await.unwrap().unwrap();
-    assert!(
-        s.try_lead("b", 60_000).await.unwrap().is_none(),
-        "held by a"
-    );
-    let a = Fence {
-        holder: "a".into(),
-        epoch: first,
-    };
-    assert!(s.renew_lead(&a, 60_000).await.unwrap());
-    // a lets go; b takes over at a higher epoch, and a's fence no longer holds.
-    s.release_lead(&a).await.unwrap();
-    let (second, _) = s.try_lead("b", 60_000).await.unwrap().unwrap();
-    assert!(second > first);
-    assert!(!s.renew_lead(&a, 60_000).await.unwrap());
-    let before = s.config_state().await.unwrap().revision;
-    assert!(matches!(
-        s.set_signing_root("new", 5, &a).await,
-        Err(StoreError::NotLeader(m)) if m.contains("another replica leads")
-    ));
-    assert_eq!(s.config_state().await.unwrap().revision, before);
-    let lease = s.lease().await.unwrap();
-    assert_eq!((lease.holder.as_str(), lease.epoch), ("b", second));
-}
