@@ -69,8 +69,10 @@ async fn listen_once(hub: &ConfigHub, target: &PgTarget) -> Result<(), tokio_pos
     tokio::spawn(async move {
         while let Some(message) = messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    if tx.send(Ok(())).is_err() {
+                Ok(AsyncMessage::Notification(n)) => {
+                    // The payload is the revision; one that cannot be read still
+                    // means "something changed".
+                    if tx.send(Ok(n.payload().parse::<u64>().ok())).is_err() {
                         return;
                     }
                 }
@@ -89,8 +91,10 @@ async fn listen_once(hub: &ConfigHub, target: &PgTarget) -> Result<(), tokio_pos
     // Whatever changed while nobody listened.
     hub.notify();
     while let Some(message) = rx.recv().await {
-        message?;
-        hub.notify();
+        // This replica's own changes are published already (admin calls reload).
+        if message?.is_none_or(|rev| rev > hub.current().version) {
+            hub.notify();
+        }
     }
     Ok(())
 }
