@@ -122,6 +122,7 @@ async fn killing_the_leader_under_traffic_fails_no_request_and_its_duties_move()
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // kill -9 of the leader: the survivor leads within the bound, at a higher epoch.
+    let log_before = survivor.log_text().len();
     let killed = Instant::now();
     leader.kill9();
     let survivor_id = own_id(survivor);
@@ -157,6 +158,23 @@ async fn killing_the_leader_under_traffic_fails_no_request_and_its_duties_move()
         .then_some(())
     })
     .await;
+
+    // The sidecars that were on the killed replica resumed on the survivor from the
+    // version they had acknowledged: a delta, not a full config.
+    let log = survivor.log_text();
+    let reconnects: Vec<&str> = log[log_before..]
+        .lines()
+        .filter(|l| l.contains("discovery stream opened"))
+        .collect();
+    assert!(
+        reconnects.iter().all(|l| l.contains("delta=true")),
+        "a dataplane failing over got a full config:\n{}",
+        reconnects.join("\n")
+    );
+    println!(
+        "{} dataplanes failed over to the survivor",
+        reconnects.len()
+    );
 
     // The new leader does the leader's duties: a sidecar that goes away is marked
     // unhealthy after the grace period.
