@@ -4,7 +4,8 @@
 //! derive `Host` (HTTP/1.1, origin-form on the wire) or `:authority` (HTTP/2) from it,
 //! so the two can never disagree, and a received `host` field is dropped. Hop-by-hop
 //! fields go ([`super::headers`]), cookies are joined for HTTP/1.1, `te: trailers` is
-//! kept for HTTP/2 (and added for gRPC). `OPTIONS *` stays `*` both ways.
+//! kept (added for gRPC; with `Connection: TE` on HTTP/1.1). `OPTIONS *` stays `*` both
+//! ways.
 //!
 //! A response loses its hop-by-hop fields and the app's copy of `weft-error-code` (in
 //! headers and trailers); towards an HTTP/1.1 client a gRPC response declares its
@@ -61,9 +62,8 @@ pub fn request<B>(
     let te_trailers = headers::strip_hop_by_hop(h);
     headers::strip_reserved(h);
     h.remove(header::HOST);
-    if to == Version::HTTP_2 {
-        headers::keep_te_trailers(h, te_trailers || respond.is_grpc());
-    } else {
+    headers::keep_te_trailers(h, te_trailers || respond.is_grpc(), to);
+    if to != Version::HTTP_2 {
         headers::join_cookies(h);
     }
     *req.uri_mut() = absolute(authority, req.uri().path_and_query())?;
@@ -157,7 +157,7 @@ mod tests {
     }
 
     #[test]
-    fn h2_to_h1_joins_cookies_and_drops_te() {
+    fn h2_to_h1_joins_cookies_and_keeps_te_trailers_with_connection_te() {
         let mut r = req(
             Version::HTTP_2,
             "http://a.example/p",
@@ -171,10 +171,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.headers()["cookie"], "a=1; b=2");
-        assert!(
-            r.headers().get("te").is_none(),
-            "TE is dropped on the h1 hop"
-        );
+        // An HTTP/1.1 app sends its trailers only when told the client takes them.
+        assert_eq!(r.headers()["te"], "trailers");
+        assert_eq!(r.headers()["connection"], "te");
         assert_eq!(r.uri().authority().unwrap().as_str(), "a.example");
         assert_eq!(r.version(), Version::HTTP_11);
     }

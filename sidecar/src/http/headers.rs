@@ -4,8 +4,10 @@
 //!   field the `Connection` header names, then the fixed set. Naming a field in
 //!   `Connection` therefore removes the client's copy, never a header the mesh adds
 //!   afterwards (forwarding headers, `Via`).
-//! - `te: trailers` survives on HTTP/2 (and is added for gRPC, whose servers require
-//!   it); any other `TE` goes.
+//! - `te: trailers` survives (and is added for gRPC, whose servers require it); any
+//!   other `TE` goes. On an HTTP/1.1 hop it goes with `Connection: TE` (RFC 9110
+//!   §10.1.4): an HTTP/1.1 app sends the trailers it declares only to a client that
+//!   said it takes them.
 //! - `weft-error-code` is the mesh's own: removed from everything a client or an app
 //!   sends, in headers and in trailers.
 //! - Trailers carry no field that frames, routes, authenticates or describes content
@@ -113,11 +115,15 @@ pub fn strip_reserved(headers: &mut HeaderMap) {
     headers.remove(ERROR_CODE_HEADER);
 }
 
-/// Sets `te: trailers` on a request going out over HTTP/2 when the client asked for
-/// trailers or the request is gRPC.
-pub fn keep_te_trailers(headers: &mut HeaderMap, wanted: bool) {
+/// Sets `te: trailers` on a request going out over `to` when the client asked for
+/// trailers or the request is gRPC; on HTTP/1.1 with the `Connection: TE` that must name
+/// it. Run after [`strip_hop_by_hop`], which removed the client's `Connection`.
+pub fn keep_te_trailers(headers: &mut HeaderMap, wanted: bool, to: Version) {
     if wanted {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        if to != Version::HTTP_2 {
+            headers.append(header::CONNECTION, HeaderValue::from_static("te"));
+        }
     }
 }
 
