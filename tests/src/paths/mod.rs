@@ -131,6 +131,11 @@ impl Selector {
         self == Selector::Http
     }
 
+    /// The name of the service with this selector.
+    pub fn service_name(self) -> &'static str {
+        self.service().0
+    }
+
     /// The service's name, and its outbound port on a client sidecar.
     fn service(self) -> (&'static str, u16) {
         match self {
