@@ -22,7 +22,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub config: watch::Receiver<Arc<MeshConfig>>,
     pub tls: Arc<MeshTls>,
-    pub pool: Arc<TunnelPool>,
+    /// The tunnel pool of a sidecar (gateways and ingresses have none).
+    pub pool: Option<Arc<TunnelPool>>,
     /// None when ready; otherwise what is still missing.
     pub not_ready: watch::Receiver<Option<String>>,
 }
@@ -48,7 +49,9 @@ fn handle(req: &Request<Incoming>, s: &AdminState) -> Response<Full<Bytes>> {
         "/metrics" => {
             let creds = s.tls.credentials();
             s.metrics.cert_expiry.set(creds.identity.not_after());
-            s.metrics.tunnel_pool.set(s.pool.size() as i64);
+            if let Some(pool) = &s.pool {
+                s.metrics.tunnel_pool.set(pool.size() as i64);
+            }
             s.metrics
                 .config_version
                 .set(s.config.borrow().version as i64);

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod dataplane;
 pub mod errors;
 pub mod gateway;
 pub mod http;

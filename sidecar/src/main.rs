@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use weft_sidecar::dataplane::Common;
 use weft_sidecar::run::{RunConfig, run};
 
 /// The Weft data plane.
@@ -29,47 +30,64 @@ enum Command {
     Ingress(IngressArgs),
 }
 
+/// What every dataplane takes (`run`, `gateway`, `ingress`).
 #[derive(clap::Args, Debug)]
-struct IngressArgs {
+struct CommonArgs {
     /// Control plane URL, or the URLs of its replicas separated by commas (tried in
     /// turn; the dataplane fails over between them).
     #[arg(long, env = "WEFT_CP", value_name = "URL[,URL...]")]
     cp: String,
-    /// Bootstrap token for this ingress (`weftctl token create --ingress NAME`).
+    /// Bootstrap token (`weftctl token create --service|--gateway|--ingress NAME`).
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
     token: String,
-    /// Where tunnels from other regions arrive.
-    #[arg(long, default_value = "0.0.0.0:15009")]
-    listen: SocketAddr,
-    /// The region this ingress is the entry of.
+    /// Region label; endpoints in the same region are preferred.
     #[arg(long, default_value = "")]
     region: String,
-    /// Address other regions reach this ingress at (defaults to --listen).
-    #[arg(long)]
-    advertise: Option<String>,
     /// Admin endpoint (/metrics, /ready, /config, /certs).
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
-    /// Keeps the certificate and last good config across restarts.
+    /// Keeps the certificate and the last good config, to serve and restart while the
+    /// control plane is away.
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// Open connections allowed at once; more are closed at once.
+    /// Open connections allowed per listener; more are closed at once.
     #[arg(long, default_value_t = weft_sidecar::serve::DEFAULT_MAX_CONNECTIONS, value_parser = parse_count)]
     max_connections: usize,
-    /// How long spliced connections may take to finish at shutdown (SIGTERM).
+    /// How long open connections may take to finish at shutdown (SIGTERM).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
 }
 
+impl From<CommonArgs> for Common {
+    fn from(a: CommonArgs) -> Self {
+        Common {
+            cp: a.cp,
+            token: a.token,
+            region: a.region,
+            admin: a.admin,
+            state_dir: a.state_dir,
+            max_connections: a.max_connections,
+            drain_timeout: a.drain_timeout,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct IngressArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Where tunnels from other regions arrive.
+    #[arg(long, default_value = "0.0.0.0:15009")]
+    listen: SocketAddr,
+    /// Address other regions reach this ingress at (defaults to --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
 #[derive(clap::Args, Debug)]
 struct GatewayArgs {
-    /// Control plane URL, or the URLs of its replicas separated by commas (tried in
-    /// turn; the dataplane fails over between them).
-    #[arg(long, env = "WEFT_CP", value_name = "URL[,URL...]")]
-    cp: String,
-    /// Bootstrap token for this gateway (`weftctl token create --gateway NAME`).
-    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
-    token: String,
+    #[command(flatten)]
+    common: CommonArgs,
     /// Plain listener: HTTP/1.1, h2c prior knowledge and `Upgrade: h2c`.
     #[arg(long)]
     http: Option<SocketAddr>,
@@ -88,15 +106,6 @@ struct GatewayArgs {
     /// Where the development certificate is written, for clients to trust.
     #[arg(long, default_value = "./weft-gateway-dev-cert.pem")]
     dev_cert_out: PathBuf,
-    /// Region label; endpoints in this region are preferred.
-    #[arg(long, default_value = "")]
-    region: String,
-    /// Admin endpoint (/metrics, /ready, /config, /certs).
-    #[arg(long, default_value = "127.0.0.1:15000")]
-    admin: SocketAddr,
-    /// Keeps the certificate and last good config across restarts.
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
     /// Time allowed for an upstream's response headers (gRPC and WebSockets excepted).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     upstream_timeout: Duration,
@@ -104,54 +113,27 @@ struct GatewayArgs {
     /// (GOAWAY first on HTTP/2), and WebSockets without traffic either way.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     idle_timeout: Duration,
-    /// Open client connections allowed per listener; more are closed at once.
-    #[arg(long, default_value_t = weft_sidecar::serve::DEFAULT_MAX_CONNECTIONS, value_parser = parse_count)]
-    max_connections: usize,
-    /// How long open connections may take to finish at shutdown (SIGTERM).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    drain_timeout: Duration,
 }
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Control plane URL, or the URLs of its replicas separated by commas (tried in
-    /// turn; the dataplane fails over between them).
-    #[arg(long, env = "WEFT_CP", value_name = "URL[,URL...]")]
-    cp: String,
-    /// Bootstrap token for this service (`weftctl token create --service NAME`).
-    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
-    token: String,
+    #[command(flatten)]
+    common: CommonArgs,
     /// The service this instance belongs to.
     #[arg(long)]
     service: String,
     /// Where the app listens.
     #[arg(long)]
     app: SocketAddr,
-    /// Region label of this instance.
-    #[arg(long, default_value = "")]
-    region: String,
-    /// Inbound tunnel listener (mTLS).
+    /// Inbound port (mTLS): tunnels from sidecars, requests from gateways.
     #[arg(long, default_value = "0.0.0.0:15008")]
     inbound: SocketAddr,
     /// Address other dataplanes reach the inbound listener at.
     #[arg(long)]
     advertise: Option<String>,
-    /// Admin endpoint (/metrics, /ready, /config, /certs).
-    #[arg(long, default_value = "127.0.0.1:15000")]
-    admin: SocketAddr,
-    /// Keeps the certificate and the last good config, to serve and restart while the
-    /// control plane is away.
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
     /// Address the outbound listeners bind (one per service port).
     #[arg(long, default_value = "127.0.0.1")]
     outbound_ip: IpAddr,
-    /// How long in-flight connections may take to finish at shutdown.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    drain_timeout: Duration,
-    /// Open connections allowed on the inbound port; more are closed at once.
-    #[arg(long, default_value_t = weft_sidecar::serve::DEFAULT_MAX_CONNECTIONS, value_parser = parse_count)]
-    max_connections: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -207,52 +189,34 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ingress(a) => rt.block_on(weft_sidecar::ingress::run(
             weft_sidecar::ingress::IngressConfig {
-                cp: a.cp,
-                token: a.token,
+                common: a.common.into(),
                 listen: a.listen,
-                region: a.region,
                 advertise: a.advertise,
-                admin: a.admin,
-                state_dir: a.state_dir,
-                max_connections: a.max_connections,
-                drain_timeout: a.drain_timeout,
             },
             shutdown_signal(),
         )),
         Command::Gateway(a) => rt.block_on(weft_sidecar::gateway::run(
             weft_sidecar::gateway::GatewayConfig {
-                cp: a.cp,
-                token: a.token,
+                common: a.common.into(),
                 http: a.http,
                 https: a.https,
                 tls_cert: a.tls_cert,
                 tls_key: a.tls_key,
                 dev_cert_hosts: a.dev_cert_hosts,
                 dev_cert_out: a.dev_cert_out,
-                region: a.region,
-                admin: a.admin,
-                state_dir: a.state_dir,
                 upstream_timeout: a.upstream_timeout,
                 idle_timeout: a.idle_timeout,
-                max_connections: a.max_connections,
-                drain_timeout: a.drain_timeout,
             },
             shutdown_signal(),
         )),
         Command::Run(a) => rt.block_on(run(
             RunConfig {
-                cp: a.cp,
-                token: a.token,
+                common: a.common.into(),
                 service: a.service,
                 app: a.app,
-                region: a.region,
                 inbound: a.inbound,
                 advertise: a.advertise,
-                admin: a.admin,
-                state_dir: a.state_dir,
                 outbound_ip: a.outbound_ip,
-                drain_timeout: a.drain_timeout,
-                max_connections: a.max_connections,
             },
             shutdown_signal(),
         )),

@@ -75,6 +75,7 @@ impl Drainer {
     /// Signals every connection to finish, then waits until none is open or `timeout`
     /// passed. Returns how many were still open.
     pub async fn drain(self, timeout: Duration) -> usize {
+        tracing::info!(drain = ?timeout, "draining: no new connections, GOAWAY sent");
         self.signal.send_replace(true);
         let open = self.open.clone();
         let all_closed = async move {
@@ -87,7 +88,14 @@ impl Drainer {
             }
         };
         let _ = tokio::time::timeout(timeout, all_closed).await;
-        self.open.count.load(Ordering::Acquire)
+        let left = self.open.count.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "drain timeout reached; closing the connections still open"
+            );
+        }
+        left
     }
 }
 

@@ -24,29 +24,21 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use weft_certs::IdentityKind;
 use weft_proto::v1::DataplaneKind;
 
-use crate::admin::{self, AdminState};
-use crate::control::bootstrap::{mtls_channel, run_renewal, token_claims};
-use crate::control::bundle_sync::spawn_bundle_sync;
-use crate::control::client::{DiscoveryClient, HelloInfo};
-use crate::control::state_dir::StateDir;
+use crate::control::client::HelloInfo;
+use crate::dataplane::{Common, Dataplane, bind, check_token};
 use crate::metrics::Metrics;
 use crate::outbound::balance::Balancer;
 use crate::serve::{self, Drainer, Listener};
-use crate::tls::MeshTls;
-use crate::tunnel::client::TunnelPool;
 use proxy::{CertNames, Gateway};
 use upstream::Upstreams;
 
 /// Everything `weft-sidecar gateway` is configured with.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
-    pub cp: String,
-    pub token: String,
+    pub common: Common,
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
@@ -55,15 +47,8 @@ pub struct GatewayConfig {
     pub dev_cert_hosts: Vec<String>,
     /// Where the generated development certificate is written (for clients to trust).
     pub dev_cert_out: PathBuf,
-    pub region: String,
-    pub admin: SocketAddr,
-    pub state_dir: Option<PathBuf>,
     pub upstream_timeout: Duration,
     pub idle_timeout: Duration,
-    /// Open client connections allowed per listener.
-    pub max_connections: usize,
-    /// How long open connections may take to finish at shutdown.
-    pub drain_timeout: Duration,
 }
 
 fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
@@ -151,104 +136,58 @@ pub async fn run(
     cfg: GatewayConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let claims = token_claims(&cfg.token)?;
-    if claims.kind != IdentityKind::Gateway {
-        anyhow::bail!(
-            "the token is for {} \"{}\", not a gateway; create one with `weftctl token create --gateway NAME`",
-            claims.kind.segment(),
-            claims.name
-        );
-    }
+    let name = check_token(&cfg.common.token, IdentityKind::Gateway, None)?;
     if cfg.http.is_none() && cfg.https.is_none() {
         anyhow::bail!("nothing to serve: pass --http ADDR and/or --https ADDR");
     }
-    let state = cfg.state_dir.as_deref().map(StateDir::open).transpose()?;
     let http = match cfg.http {
-        Some(a) => Some(
-            TcpListener::bind(a)
-                .await
-                .with_context(|| format!("cannot listen on --http {a}"))?,
-        ),
+        Some(a) => Some(bind("http", a).await?),
         None => None,
     };
     let https = match cfg.https {
-        Some(a) => Some(
-            TcpListener::bind(a)
-                .await
-                .with_context(|| format!("cannot listen on --https {a}"))?,
-        ),
+        Some(a) => Some(bind("https", a).await?),
         None => None,
     };
-    let admin_listener = TcpListener::bind(cfg.admin)
-        .await
-        .with_context(|| format!("cannot listen on --admin {}", cfg.admin))?;
+    let admin = bind("admin", cfg.common.admin).await?;
     let (tls, cert_names) = if https.is_some() {
         let (t, n) = public_tls(&cfg)?;
         (Some(t), n)
     } else {
         (None, CertNames::default())
     };
-
-    let manager = crate::run::identity(&cfg.cp, &cfg.token, state.as_ref()).await?;
-    let channel = mtls_channel(&cfg.cp, manager.subscribe())?;
-    tokio::spawn(run_renewal(manager.clone(), channel.clone(), state.clone()));
-    let metrics = Arc::new(Metrics::new());
-    let mesh_tls = MeshTls::new(manager.subscribe());
-    let balancer = Balancer::new(&cfg.region);
     let address = cfg
         .http
         .or(cfg.https)
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let (client, handles) = DiscoveryClient::new(
-        channel,
-        HelloInfo {
-            kind: DataplaneKind::Gateway,
-            name: claims.name.clone(),
-            region: cfg.region.clone(),
-            address: if address.starts_with("0.0.0.0") {
-                address.replacen("0.0.0.0", "127.0.0.1", 1)
-            } else {
-                address
-            },
-            dataplane_id: String::new(),
+    let hello = HelloInfo {
+        kind: DataplaneKind::Gateway,
+        name: name.clone(),
+        region: cfg.common.region.clone(),
+        address: if address.starts_with("0.0.0.0") {
+            address.replacen("0.0.0.0", "127.0.0.1", 1)
+        } else {
+            address
         },
-        state.clone(),
-        None,
-    );
-    tokio::spawn(client.run());
-    spawn_bundle_sync(handles.config.clone(), manager.clone());
+        dataplane_id: String::new(),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let dp = Dataplane::start(&cfg.common, admin, metrics.clone(), hello, None).await?;
 
-    let upstreams = Upstreams::new(mesh_tls.clone(), balancer);
+    let upstreams = Upstreams::new(dp.tls.clone(), Balancer::new(&cfg.common.region));
     let gw = Arc::new(Gateway {
-        config: handles.config.clone(),
+        config: dp.config.clone(),
         upstreams: upstreams.clone(),
         metrics: metrics.clone(),
         upstream_timeout: cfg.upstream_timeout,
         idle_timeout: cfg.idle_timeout,
         cert_names,
     });
-    let (not_ready_tx, not_ready) = watch::channel(Some("waiting for the first config".to_owned()));
-    {
-        let mut config = handles.config.clone();
-        tokio::spawn(async move {
-            loop {
-                let c = config.borrow_and_update().clone();
-                if c.version > 0 {
-                    upstreams.retain(&c);
-                    not_ready_tx.send_replace(None);
-                }
-                if config.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
     let (drainer, drain) = Drainer::new();
     let listener = |listener| Listener {
         listener,
         direction: "gateway",
-        max_connections: cfg.max_connections,
+        max_connections: cfg.common.max_connections,
     };
     if let Some(l) = http {
         let gw = gw.clone();
@@ -268,25 +207,10 @@ pub async fn run(
             move |tcp, peer, drain| listen::secure(tcp, peer, gw.clone(), tls.clone(), drain),
         ));
     }
-    tokio::spawn(admin::serve(
-        admin_listener,
-        Arc::new(AdminState {
-            metrics,
-            config: handles.config.clone(),
-            pool: TunnelPool::new(mesh_tls.clone()),
-            tls: mesh_tls,
-            not_ready,
-        }),
-    ));
-    tracing::info!(gateway = %claims.name, http = ?cfg.http, https = ?cfg.https, admin = %cfg.admin, "weft gateway running");
+    let not_ready = dp.run(None, move |c| upstreams.retain(c));
+    tracing::info!(gateway = %name, http = ?cfg.http, https = ?cfg.https, admin = %cfg.common.admin, "weft gateway running");
     shutdown.await;
-    tracing::info!(drain = ?cfg.drain_timeout, "draining: no new connections, GOAWAY sent");
-    let left = drainer.drain(cfg.drain_timeout).await;
-    if left > 0 {
-        tracing::warn!(
-            left,
-            "drain timeout reached; closing the connections still open"
-        );
-    }
+    not_ready.send_replace(Some("shutting down".into()));
+    drainer.drain(cfg.common.drain_timeout).await;
     Ok(())
 }

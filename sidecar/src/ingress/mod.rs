@@ -10,28 +10,21 @@
 pub mod sni;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use weft_certs::IdentityKind;
 use weft_proto::v1::DataplaneKind;
 
-use crate::admin::{self, AdminState};
-use crate::control::bootstrap::{mtls_channel, run_renewal, token_claims};
-use crate::control::bundle_sync::spawn_bundle_sync;
-use crate::control::client::{DiscoveryClient, HelloInfo};
+use crate::control::client::HelloInfo;
 use crate::control::config::MeshConfig;
-use crate::control::state_dir::StateDir;
+use crate::dataplane::{Common, Dataplane, bind, check_token};
 use crate::io::splice;
 use crate::metrics::{ActiveGuard, DirLabel, Metrics, ResultLabel};
 use crate::serve::{self, Drainer, Listener};
-use crate::tls::MeshTls;
-use crate::tunnel::client::TunnelPool;
 use sni::Sni;
 
 /// How long a client may take to send its ClientHello.
@@ -40,16 +33,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Everything `weft-sidecar ingress` is configured with.
 #[derive(Clone, Debug)]
 pub struct IngressConfig {
-    pub cp: String,
-    pub token: String,
+    pub common: Common,
     pub listen: SocketAddr,
-    pub region: String,
     /// Address other regions reach this ingress at (defaults to --listen).
     pub advertise: Option<String>,
-    pub admin: SocketAddr,
-    pub state_dir: Option<PathBuf>,
-    pub max_connections: usize,
-    pub drain_timeout: Duration,
 }
 
 fn count(metrics: &Metrics, result: &'static str) {
@@ -153,79 +140,34 @@ pub async fn run(
     cfg: IngressConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let claims = token_claims(&cfg.token)?;
-    if claims.kind != IdentityKind::Ingress {
-        anyhow::bail!(
-            "the token is for {} \"{}\", not an ingress; create one with `weftctl token create --ingress NAME`",
-            claims.kind.segment(),
-            claims.name
-        );
-    }
-    let state = cfg.state_dir.as_deref().map(StateDir::open).transpose()?;
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on --listen {}", cfg.listen))?;
-    let admin_listener = TcpListener::bind(cfg.admin)
-        .await
-        .with_context(|| format!("cannot listen on --admin {}", cfg.admin))?;
-    let manager = crate::run::identity(&cfg.cp, &cfg.token, state.as_ref()).await?;
-    let channel = mtls_channel(&cfg.cp, manager.subscribe())?;
-    tokio::spawn(run_renewal(manager.clone(), channel.clone(), state.clone()));
+    let name = check_token(&cfg.common.token, IdentityKind::Ingress, None)?;
+    let listener = bind("listen", cfg.listen).await?;
+    let admin = bind("admin", cfg.common.admin).await?;
     let advertise = cfg
         .advertise
         .clone()
         .unwrap_or_else(|| cfg.listen.to_string());
-    let (client, handles) = DiscoveryClient::new(
-        channel,
-        HelloInfo {
-            kind: DataplaneKind::Ingress,
-            name: claims.name.clone(),
-            region: cfg.region.clone(),
-            address: advertise.clone(),
-            dataplane_id: String::new(),
-        },
-        state.clone(),
-        None,
-    );
-    tokio::spawn(client.run());
-    spawn_bundle_sync(handles.config.clone(), manager.clone());
+    let hello = HelloInfo {
+        kind: DataplaneKind::Ingress,
+        name: name.clone(),
+        region: cfg.common.region.clone(),
+        address: advertise.clone(),
+        dataplane_id: String::new(),
+    };
     let metrics = Arc::new(Metrics::new());
-    let tls = MeshTls::new(manager.subscribe());
-    let (not_ready_tx, not_ready) = watch::channel(Some("waiting for the first config".to_owned()));
-    {
-        let mut config = handles.config.clone();
-        tokio::spawn(async move {
-            loop {
-                if config.borrow_and_update().version > 0 {
-                    not_ready_tx.send_replace(None);
-                }
-                if config.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    tokio::spawn(admin::serve(
-        admin_listener,
-        Arc::new(AdminState {
-            metrics: metrics.clone(),
-            config: handles.config.clone(),
-            pool: TunnelPool::new(tls.clone()),
-            tls,
-            not_ready,
-        }),
-    ));
-    tracing::info!(ingress = %claims.name, region = %cfg.region, listen = %cfg.listen, advertise = %advertise, "weft ingress running");
-    let region: Arc<str> = cfg.region.as_str().into();
+    let dp = Dataplane::start(&cfg.common, admin, metrics.clone(), hello, None).await?;
+    let config = dp.config.clone();
+    let _ready = dp.run(None, |_| {});
+    tracing::info!(ingress = %name, region = %cfg.common.region, listen = %cfg.listen, advertise = %advertise, "weft ingress running");
+    let region: Arc<str> = cfg.common.region.as_str().into();
     let own_address: Arc<str> = advertise.as_str().into();
     let (drainer, drain) = Drainer::new();
-    let config = handles.config.clone();
     let m = metrics.clone();
     tokio::spawn(serve::accept(
         Listener {
             listener,
             direction: "ingress",
-            max_connections: cfg.max_connections,
+            max_connections: cfg.common.max_connections,
         },
         metrics,
         drain,
@@ -241,13 +183,7 @@ pub async fn run(
     ));
     shutdown.await;
     // Spliced connections carry TLS the ingress cannot read: they finish on their own.
-    let left = drainer.drain(cfg.drain_timeout).await;
-    if left > 0 {
-        tracing::warn!(
-            left,
-            "drain timeout reached; closing the connections still open"
-        );
-    }
+    drainer.drain(cfg.common.drain_timeout).await;
     Ok(())
 }
 

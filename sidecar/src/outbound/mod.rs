@@ -31,6 +31,8 @@ pub struct Outbound {
     config: watch::Receiver<Arc<MeshConfig>>,
     metrics: Arc<Metrics>,
     drain: Drain,
+    /// Open connections allowed per listener.
+    max_connections: usize,
     /// Sockets bound while validating a config, handed to the listener when it applies.
     prebound: Mutex<HashMap<u16, std::net::TcpListener>>,
     listeners: Mutex<HashMap<String, (u16, JoinHandle<()>)>>,
@@ -44,6 +46,7 @@ impl Outbound {
         config: watch::Receiver<Arc<MeshConfig>>,
         metrics: Arc<Metrics>,
         drain: Drain,
+        max_connections: usize,
     ) -> Arc<Self> {
         Arc::new(Outbound {
             ip,
@@ -52,6 +55,7 @@ impl Outbound {
             config,
             metrics,
             drain,
+            max_connections,
             prebound: Mutex::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
         })
@@ -131,7 +135,7 @@ impl Outbound {
                 serve::Listener {
                     listener,
                     direction: "outbound",
-                    max_connections: serve::DEFAULT_MAX_CONNECTIONS,
+                    max_connections: self.max_connections,
                 },
                 self.metrics.clone(),
                 self.drain.clone(),
