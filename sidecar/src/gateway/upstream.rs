@@ -22,13 +22,14 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::RwLock;
 
+use crate::control::config::EndpointEntry;
 use crate::control::config::MeshConfig;
 use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, Rejection, full};
 use crate::http::limits::{self, Limiter, MESH_MAX_STREAMS, Slot};
 use crate::outbound::attempts::Attempts;
 use crate::outbound::balance::{Balancer, InFlight};
 use crate::tls::{MeshAlpn, MeshTls};
-use crate::tunnel::client::{PeerKey, Target, TunnelError, connect_tls};
+use crate::tunnel::client::{Target, TunnelError, connect_tls};
 
 /// Mesh HTTP/2 connections one gateway keeps to one endpoint at most.
 pub const CONNS_PER_ENDPOINT: usize = 4;
@@ -39,7 +40,7 @@ pub const ENDPOINT_QUEUE: usize = 1024;
 pub struct Upstreams {
     tls: Arc<MeshTls>,
     balancer: Arc<Balancer>,
-    endpoints: DashMap<PeerKey, Arc<Endpoint>>,
+    endpoints: DashMap<EndpointId, Arc<Endpoint>>,
 }
 
 /// What a response holds on its endpoint until its body is done with (or, for a
@@ -58,8 +59,28 @@ pub struct Upstream {
     pub hold: Hold,
 }
 
-/// One endpoint's connections.
+/// The pool key: an endpoint's id (the control plane's name for one dataplane).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointId(Box<str>);
+
+impl std::borrow::Borrow<str> for EndpointId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EndpointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One endpoint's connections, and where they go (built once, not per request).
 struct Endpoint {
+    /// What the connections were opened for: a change of address, ingress, SNI or
+    /// identity means a new pool.
+    place: EndpointEntry,
+    target: Target,
     slots: Limiter,
     conns: RwLock<Vec<Conn>>,
     /// Serialises opening connections, so a burst opens one, not one per request.
@@ -98,9 +119,19 @@ impl Conn {
     }
 }
 
+/// Whether two views of an endpoint lead to the same peer.
+fn same_place(a: &EndpointEntry, b: &EndpointEntry) -> bool {
+    a.address == b.address
+        && a.ingress_address == b.ingress_address
+        && a.sni == b.sni
+        && a.identity == b.identity
+}
+
 impl Endpoint {
-    fn new() -> Self {
+    fn new(place: EndpointEntry, target: Target) -> Self {
         Endpoint {
+            place,
+            target,
             slots: Limiter::new(
                 CONNS_PER_ENDPOINT * MESH_MAX_STREAMS as usize,
                 ENDPOINT_QUEUE,
@@ -117,11 +148,8 @@ impl Endpoint {
     }
 
     /// A stream to the endpoint, opening a connection when none has one free.
-    async fn stream(
-        &self,
-        tls: &MeshTls,
-        target: &Target,
-    ) -> Result<(SendRequest<Body>, StreamGuard), TunnelError> {
+    async fn stream(&self, tls: &MeshTls) -> Result<(SendRequest<Body>, StreamGuard), TunnelError> {
+        let target = &self.target;
         if let Some(s) = self.pick() {
             return Ok(s);
         }
@@ -185,14 +213,19 @@ impl Upstreams {
         })
     }
 
-    fn endpoint(&self, key: PeerKey) -> Arc<Endpoint> {
-        if let Some(e) = self.endpoints.get(&key) {
-            return e.clone();
+    /// The pool of `ep`, made on first use (or anew when the endpoint moved).
+    fn endpoint(&self, ep: &EndpointEntry, service: &str) -> Arc<Endpoint> {
+        if let Some(e) = self.endpoints.get(ep.id.as_str()) {
+            if same_place(&e.place, ep) {
+                return e.clone();
+            }
         }
+        // The gateway sits on the border (it reaches other regions' ingresses).
+        let target = Target::for_endpoint(ep, service, self.balancer.region(), None);
+        let fresh = Arc::new(Endpoint::new(ep.clone(), target));
         self.endpoints
-            .entry(key)
-            .or_insert_with(|| Arc::new(Endpoint::new()))
-            .clone()
+            .insert(EndpointId(ep.id.as_str().into()), fresh.clone());
+        fresh
     }
 
     /// Sends `req` to an endpoint of `service`, in `prefer_region` first when the route
@@ -213,9 +246,7 @@ impl Upstreams {
         let mut last = None;
         let mut attempts = Attempts::new(&self.balancer, config, service, prefer_region);
         while let Some(ep) = attempts.next() {
-            // The gateway sits on the border (it reaches other regions' ingresses).
-            let target = Target::for_endpoint(ep, service, self.balancer.region(), None);
-            let endpoint = self.endpoint(PeerKey::of(&target));
+            let endpoint = self.endpoint(ep, service);
             let slot = match endpoint.slots.admit().await {
                 Ok(slot) => slot,
                 Err(busy) => {
@@ -229,7 +260,7 @@ impl Upstreams {
                 }
             };
             let inflight = self.balancer.start(&ep.id);
-            let (mut sender, stream) = match endpoint.stream(&self.tls, &target).await {
+            let (mut sender, stream) = match endpoint.stream(&self.tls).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(service, endpoint = %ep.address, error = %e, "endpoint failed; trying another");
@@ -301,18 +332,8 @@ impl Upstreams {
     /// Drops the connections of endpoints no longer in the config (their open streams
     /// finish first).
     pub fn retain(&self, config: &MeshConfig) {
-        let addrs: std::collections::HashSet<&str> = config
-            .endpoints
-            .values()
-            .flat_map(|e| [e.address.as_str(), e.ingress_address.as_str()])
-            .collect();
         self.endpoints
-            .retain(|key, _| addrs.contains(key.address.as_str()));
-    }
-
-    /// Open mesh connections (for the admin's metrics).
-    pub fn connections(&self) -> usize {
-        self.endpoints.iter().map(|e| e.conns.read().len()).sum()
+            .retain(|id, _| config.endpoints.contains_key(&*id.0));
     }
 }
 

@@ -72,8 +72,13 @@ pub fn request<B>(
 }
 
 /// An app's response on its way back to a client speaking `client`: hop-by-hop fields
-/// and the app's `weft-error-code` go, in the headers and in the trailers.
-pub fn response_from_app<B>(resp: Response<B>, client: Version) -> Response<Body>
+/// and the app's `weft-error-code` go, in the headers and in the trailers. `hold` is
+/// kept until the body is done with (e.g. the request's slot towards the app).
+pub fn response_from_app<B>(
+    resp: Response<B>,
+    client: Version,
+    hold: impl Send + Sync + 'static,
+) -> Response<Body>
 where
     B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
@@ -81,21 +86,23 @@ where
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_reserved(&mut parts.headers);
-    let mut resp = Response::from_parts(parts, clean_trailers(body));
+    let mut resp = Response::from_parts(parts, clean_trailers(body, hold));
     if client != Version::HTTP_2 {
         headers::declare_grpc_trailers(resp.headers_mut());
     }
     resp
 }
 
-/// `body` with every trailer section cleaned ([`headers::clean_trailers`]).
-pub fn clean_trailers<B>(body: B) -> Body
+/// `body` with every trailer section cleaned ([`headers::clean_trailers`]), holding
+/// `hold` until it is dropped (one wrapper for both: one allocation per body).
+pub fn clean_trailers<B>(body: B, hold: impl Send + Sync + 'static) -> Body
 where
     B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_frame(|f| match f.into_trailers() {
+    body.map_frame(move |f| match f.into_trailers() {
         Ok(mut t) => {
+            let _ = &hold;
             headers::clean_trailers(&mut t);
             http_body::Frame::trailers(t)
         }
@@ -218,7 +225,7 @@ mod tests {
             .header("content-type", "application/grpc")
             .body(body)
             .unwrap();
-        let resp = response_from_app(resp, Version::HTTP_11);
+        let resp = response_from_app(resp, Version::HTTP_11, ());
         assert!(resp.headers().get("weft-error-code").is_none());
         assert!(resp.headers().get("connection").is_none());
         assert!(

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{Method, Request, Response, Version};
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -255,22 +254,15 @@ async fn forward_to(
     }
     convert::request(&mut req, authority, to, respond)?;
     // The client's trailers cross cleaned, like the app's on the way back.
-    let req = req.map(convert::clean_trailers);
+    let req = req.map(|b| convert::clean_trailers(b, ()));
     let sent = if to == Version::HTTP_2 {
         d.apps.h2.request(req).await
     } else {
         d.apps.h1.request(req).await
     };
     let resp = sent.map_err(|e| app_failed(service, &e))?;
-    let (parts, body) = convert::response_from_app(resp, client).into_parts();
     // The slot is held until the response body is done with.
-    let body = body
-        .map_frame(move |f| {
-            let _ = &slot;
-            f
-        })
-        .boxed();
-    Ok(Response::from_parts(parts, body))
+    Ok(convert::response_from_app(resp, client, slot))
 }
 
 /// A WebSocket towards the app: an Upgrade to an HTTP/1.1 app, extended CONNECT to an
@@ -297,7 +289,7 @@ async fn websocket_to(
             .await
             .map_err(|e| app_failed(service, &e))?;
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(convert::response_from_app(resp, client));
+            return Ok(convert::response_from_app(resp, client, ()));
         }
         if !ws::upgraded(&resp, &expected) {
             return Err(Rejection::new(
@@ -326,7 +318,7 @@ async fn websocket_to(
     if !resp.status().is_success() {
         let (parts, _) = resp.into_parts();
         let relayed = Response::from_parts(parts, full(Bytes::new()));
-        return Ok(convert::response_from_app(relayed, client));
+        return Ok(convert::response_from_app(relayed, client, ()));
     }
     let (parts, recv) = resp.into_parts();
     let switch = ws::switch(&form, parts.headers);

@@ -72,51 +72,56 @@ impl Balancer {
         prefer_region: Option<&str>,
     ) -> Option<&'a EndpointEntry> {
         let now = Instant::now();
-        let usable: Vec<&'a EndpointEntry> = config
-            .endpoints
-            .values()
-            .filter(|e| e.service == service && e.healthy && !exclude.contains(&e.id))
-            .filter(|e| !self.is_ejected(&e.address, now))
-            .collect();
-        let in_region = |region: &str| -> Vec<&'a EndpointEntry> {
-            usable
-                .iter()
-                .copied()
-                .filter(|e| e.region == region)
-                .collect()
+        let usable = |e: &&'a EndpointEntry| {
+            e.service == service
+                && e.healthy
+                && !exclude.contains(&e.id)
+                && !self.is_ejected(&e.address, now)
         };
-        let preferred = match prefer_region {
-            Some(r) if !r.is_empty() => in_region(r),
-            _ => Vec::new(),
-        };
-        let pool = if !preferred.is_empty() {
-            preferred
-        } else {
-            let local = in_region(&self.region);
-            if local.is_empty() { usable } else { local }
-        };
-        let chosen = match pool.len() {
-            0 => return None,
-            1 => pool[0],
+        let eps = &config.endpoints;
+        let in_region = |e: &&'a EndpointEntry, region: &str| usable(e) && e.region == region;
+        let preferred = prefer_region.filter(|r| !r.is_empty());
+        preferred
+            .and_then(|r| self.two_choices(|| eps.values().filter(move |e| in_region(e, r))))
+            .or_else(|| {
+                let own = self.region.as_str();
+                self.two_choices(|| eps.values().filter(move |e| in_region(e, own)))
+            })
+            .or_else(|| self.two_choices(|| eps.values().filter(usable)))
+    }
+
+    /// Power of two choices among `candidates` (called again to walk them: nothing is
+    /// collected, since this runs for every request and connection).
+    fn two_choices<'a, I>(&self, candidates: impl Fn() -> I) -> Option<&'a EndpointEntry>
+    where
+        I: Iterator<Item = &'a EndpointEntry>,
+    {
+        match candidates().count() {
+            0 => None,
+            1 => candidates().next(),
             n => {
                 let a = fastrand::usize(..n);
                 let mut b = fastrand::usize(..n - 1);
                 if b >= a {
                     b += 1;
                 }
-                if self.load(&pool[b].id) < self.load(&pool[a].id) {
-                    pool[b]
+                let (ea, eb) = (candidates().nth(a)?, candidates().nth(b)?);
+                Some(if self.load(&eb.id) < self.load(&ea.id) {
+                    eb
                 } else {
-                    pool[a]
-                }
+                    ea
+                })
             }
-        };
-        Some(chosen)
+        }
     }
 
     /// Counts a connection to `id` until the guard drops.
     pub fn start(&self, id: &str) -> InFlight {
-        let c = self.inflight.entry(id.to_owned()).or_default().clone();
+        // A read lock and no allocation for endpoints seen before (every request).
+        let c = match self.inflight.get(id) {
+            Some(c) => c.clone(),
+            None => self.inflight.entry(id.to_owned()).or_default().clone(),
+        };
         c.fetch_add(1, Ordering::Relaxed);
         InFlight(c)
     }
