@@ -1,18 +1,28 @@
-//! The plain HTTP side port (`--http`): `/metrics` in Prometheus text format and
-//! `/healthz`, which checks that the store answers.
+//! The plain HTTP side port (`--http`): `/metrics` in Prometheus text format,
+//! `/healthz`, which checks that the store answers, and the read-only dashboard
+//! ([`crate::dashboard`]) at `/` with its JSON under `/api/`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::dashboard::Dashboard;
 use crate::metrics::Metrics;
 use crate::store::Store;
+
+/// What the port serves.
+pub struct HttpPort {
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn Store>,
+    pub dashboard: Arc<Dashboard>,
+}
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -25,16 +35,15 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
 
 async fn handle(
     req: Request<Incoming>,
-    metrics: Arc<Metrics>,
-    store: Arc<dyn Store>,
+    port: Arc<HttpPort>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
+            port.metrics.encode(),
         ),
-        (&Method::GET, "/healthz") => match store.config_state().await {
+        (&Method::GET, "/healthz") => match port.store.config_state().await {
             Ok(s) => reply(
                 StatusCode::OK,
                 "text/plain",
@@ -46,26 +55,24 @@ async fn handle(
                 format!("store unavailable: {e}\n"),
             ),
         },
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /metrics or /healthz\n".into(),
-        ),
+        _ => port.dashboard.handle(req).await,
     })
 }
 
 /// Serves until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<dyn Store>) {
+pub async fn serve(listener: TcpListener, port: Arc<HttpPort>) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (metrics, store) = (metrics.clone(), store.clone());
+        let port = port.clone();
         tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req| handle(req, metrics.clone(), store.clone()));
+            let svc = hyper::service::service_fn(move |req| handle(req, port.clone()));
+            // A client that never finishes its request head does not hold a task for long.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });

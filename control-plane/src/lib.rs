@@ -6,6 +6,8 @@
 //! - [`ca`]: the mesh CA as held by the control plane;
 //! - [`api`]: the gRPC services (admin, discovery, identity);
 //! - [`traffic`]: the rolling window of traffic figures the dataplanes report;
+//! - [`warnings`]: problems worth an operator's attention, worded once;
+//! - [`dashboard`]: the read-only web dashboard on `--http`;
 //! - [`server`]: wiring it all together;
 //! - [`cli`]: the `weftctl` command line.
 #![forbid(unsafe_code)]
@@ -13,6 +15,7 @@
 pub mod api;
 pub mod ca;
 pub mod cli;
+pub mod dashboard;
 pub mod http;
 pub mod hub;
 pub mod leader;
@@ -25,3 +28,4 @@ pub mod store;
 pub mod tls;
 pub mod traffic;
 pub mod validate;
+pub mod warnings;

@@ -148,6 +148,11 @@ impl Registry {
         )
     }
 
+    /// Dataplanes whose stream this replica holds now.
+    pub fn connected_here(&self) -> usize {
+        self.live.iter().filter(|e| e.connected).count()
+    }
+
     /// A stream opened; records its session and returns its generation.
     pub async fn connected(
         &self,

@@ -14,9 +14,11 @@ use weft_proto::v1::discovery_server::DiscoveryServer;
 use weft_proto::v1::identity_server::IdentityServer;
 
 use crate::api::{
-    Shared, admin::AdminService, auth, discovery::DiscoveryService, identity::IdentityService,
+    Shared, admin::AdminService, auth, discovery::DiscoveryService, gate::AdminGate,
+    identity::IdentityService,
 };
 use crate::ca::{CaManager, write_atomic};
+use crate::dashboard::Dashboard;
 use crate::hub::ConfigHub;
 use crate::leader::{Duties, Leader};
 use crate::metrics::Metrics;
@@ -284,6 +286,11 @@ pub async fn run(
         traffic: TrafficWindow::new(),
         leader: leader.clone(),
         store_shown: cfg.store.describe(&cfg.data_dir),
+        auth: auth::Authenticator::new(
+            meta.admin_token_sha256.clone(),
+            meta.token_key.clone(),
+            store.clone(),
+        ),
     });
     {
         // Forget what left the traffic window even while nobody reads it.
@@ -335,10 +342,14 @@ pub async fn run(
     let http_listener = TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("cannot listen on --http {}", cfg.http))?;
+    let http_addr = http_listener.local_addr()?;
     tokio::spawn(crate::http::serve(
         http_listener,
-        metrics.clone(),
-        store.clone(),
+        Arc::new(crate::http::HttpPort {
+            metrics: metrics.clone(),
+            store: store.clone(),
+            dashboard: Dashboard::new(shared.clone(), http_addr),
+        }),
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -365,9 +376,9 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AdminServer::with_interceptor(
-            AdminService::new(shared.clone()),
-            auth::AdminAuth::new(meta.admin_token_sha256.clone()),
+        .add_service(AdminGate::new(
+            AdminServer::new(AdminService::new(shared.clone())),
+            shared.auth.clone(),
         ))
         .add_service(DiscoveryServer::new(DiscoveryService::new(shared.clone())))
         .add_service(IdentityServer::new(IdentityService::new(shared.clone())))

@@ -5,6 +5,7 @@
 //! Binaries are taken from the Cargo target dir (`scripts/test` builds them first).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod openloop;
 pub mod paths;
 pub mod postgres;
@@ -60,7 +61,10 @@ pub struct ControlPlane {
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub grpc: SocketAddr,
+    /// Where to reach `--http` (on 127.0.0.1 even when it listens on every address).
     pub http: SocketAddr,
+    /// What `--http` binds, when not `http` itself.
+    http_bind: Option<SocketAddr>,
     extra: Vec<String>,
     log: PathBuf,
 }
@@ -68,6 +72,12 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts weft-cp with a fresh data dir and waits until it serves.
     pub async fn start(extra: &[&str]) -> Self {
+        Self::start_http_on(None, extra).await
+    }
+
+    /// Like [`ControlPlane::start`], with `--http` bound to `ip` (e.g. 0.0.0.0, which is
+    /// not a loopback address: the dashboard then asks for a login).
+    pub async fn start_http_on(ip: Option<std::net::IpAddr>, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("weft-data");
         let mut cp = ControlPlane {
@@ -77,8 +87,10 @@ impl ControlPlane {
             _tmp: Some(tmp),
             grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http_bind: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        cp.http_bind = ip.map(|ip| SocketAddr::new(ip, cp.http.port()));
         cp.spawn().await;
         cp
     }
@@ -95,7 +107,7 @@ impl ControlPlane {
             .arg("--listen")
             .arg(self.grpc.to_string())
             .arg("--http")
-            .arg(self.http.to_string())
+            .arg(self.http_bind.unwrap_or(self.http).to_string())
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
@@ -148,11 +160,16 @@ impl ControlPlane {
 
     /// Runs weftctl against this control plane with explicit flags.
     pub fn weftctl(&self, args: &[&str]) -> Output {
+        self.weftctl_with_token(&self.admin_token(), args)
+    }
+
+    /// Runs weftctl with `token` (e.g. a viewer token) instead of the admin token.
+    pub fn weftctl_with_token(&self, token: &str, args: &[&str]) -> Output {
         Command::new(bin("weftctl"))
             .arg("--cp")
             .arg(self.url())
             .arg("--token")
-            .arg(self.admin_token())
+            .arg(token)
             .arg("--ca")
             .arg(self.data_dir.join("ca.pem"))
             .args(args)
@@ -231,6 +248,7 @@ impl ControlPlane {
                 kind: kind as i32,
                 name: name.into(),
                 ttl_seconds: 0,
+                ..Default::default()
             })
             .await
             .unwrap()

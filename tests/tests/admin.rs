@@ -351,6 +351,7 @@ async fn bad_input_gets_its_status_and_a_fix() {
                     kind: DataplaneKind::Sidecar as i32,
                     name: "ghost".into(),
                     ttl_seconds: 0,
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err(),

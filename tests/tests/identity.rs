@@ -142,6 +142,7 @@ async fn revoked_and_expired_tokens_are_refused_with_their_reason() {
             kind: DataplaneKind::Sidecar as i32,
             name: "web".into(),
             ttl_seconds: 1,
+            ..Default::default()
         })
         .await
         .unwrap()

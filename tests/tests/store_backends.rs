@@ -183,3 +183,27 @@ async fn concurrent_changes_through_several_replicas_take_distinct_revisions_in_
     assert_eq!(st.services.len(), 40);
     assert!(st.services.iter().all(|s| s.revision <= st.revision));
 }
+
+#[tokio::test]
+async fn viewer_and_bootstrap_tokens_keep_their_kind() {
+    use weft_control_plane::store::{TokenKind, TokenRecord};
+    on_both(|s| async move {
+        for (id, kind) in [
+            ("tok-v", TokenKind::Viewer),
+            ("tok-g", TokenKind::Bootstrap(DataplaneKind::Gateway)),
+        ] {
+            let record = TokenRecord {
+                id: id.into(),
+                kind,
+                name: "ops".into(),
+                created_at: 1,
+                expires_at: 2,
+                revoked_at: 0,
+            };
+            s.create_token(record.clone()).await.unwrap();
+            assert_eq!(s.get_token(id).await.unwrap(), record);
+        }
+        assert_eq!(s.list_tokens().await.unwrap().len(), 2);
+    })
+    .await;
+}

@@ -10,12 +10,12 @@ use weft_certs::token::BootstrapClaims;
 use weft_proto::v1::admin_server::Admin;
 use weft_proto::v1::*;
 
-use super::{Shared, status};
+use super::{Shared, auth, status};
 use crate::ca::{CaError, rfc3339};
 use crate::registry::now_unix;
 use crate::store::rules::replica_alive;
-use crate::store::{DataplaneRecord, TokenRecord};
-use crate::validate;
+use crate::store::{DataplaneRecord, TokenKind, TokenRecord};
+use crate::{validate, warnings};
 
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -44,70 +44,46 @@ fn invalid(msg: String) -> Status {
     Status::invalid_argument(msg)
 }
 
-/// What the app should speak for a declared selector, if anything.
-fn expected_app(protocol: Protocol) -> Option<AppProtocol> {
-    match protocol {
-        Protocol::Http => Some(AppProtocol::Http1),
-        Protocol::Http2 | Protocol::Grpc => Some(AppProtocol::Http2),
-        Protocol::Tcp | Protocol::Unspecified => None,
-    }
-}
-
-/// Warnings for instances whose probed protocol contradicts the selector.
-pub fn mismatch_warnings(service: &Service, dataplanes: &[Dataplane]) -> Vec<String> {
-    let declared = Protocol::try_from(service.protocol).unwrap_or(Protocol::Unspecified);
-    let Some(expected) = expected_app(declared) else {
-        return Vec::new();
-    };
-    dataplanes
-        .iter()
-        .filter_map(|dp| {
-            let seen = AppProtocol::try_from(dp.app_protocol).unwrap_or(AppProtocol::Unknown);
-            let contradicts = matches!(seen, AppProtocol::Http1 | AppProtocol::Http2 | AppProtocol::Opaque)
-                && seen != expected;
-            let down = seen == AppProtocol::Down;
-            if contradicts {
-                let fix = match seen {
-                    AppProtocol::Http1 => "http",
-                    AppProtocol::Http2 => "http2",
-                    _ => "tcp",
-                };
-                Some(format!(
-                    "declared {}, app behind {} speaks {}; fix the app or run `weftctl service set-protocol {} {fix}`",
-                    declared.selector_name(),
-                    dp.address,
-                    seen.display_name(),
-                    service.name
-                ))
-            } else if down {
-                Some(format!("app behind {} refuses connections", dp.address))
-            } else {
-                None
-            }
-        })
-        .collect()
-}
-
 fn token_kind(kind: i32) -> Result<(DataplaneKind, IdentityKind), Status> {
     match DataplaneKind::try_from(kind) {
         Ok(DataplaneKind::Sidecar) => Ok((DataplaneKind::Sidecar, IdentityKind::Service)),
         Ok(DataplaneKind::Gateway) => Ok((DataplaneKind::Gateway, IdentityKind::Gateway)),
         Ok(DataplaneKind::Ingress) => Ok((DataplaneKind::Ingress, IdentityKind::Ingress)),
         _ => Err(invalid(
-            "token kind must be SIDECAR (--service NAME), GATEWAY (--gateway NAME) or INGRESS (--ingress NAME)".into(),
+            "token kind must be SIDECAR (--service NAME), GATEWAY (--gateway NAME) or INGRESS (--ingress NAME), or set viewer (--viewer NAME)".into(),
         )),
     }
 }
 
 fn token_info(t: &TokenRecord) -> TokenInfo {
+    let (kind, viewer) = match t.kind {
+        TokenKind::Bootstrap(kind) => (kind, false),
+        TokenKind::Viewer => (DataplaneKind::Unspecified, true),
+    };
     TokenInfo {
         id: t.id.clone(),
-        kind: t.kind as i32,
+        kind: kind as i32,
         name: t.name.clone(),
         created_at: t.created_at,
         expires_at: t.expires_at,
         revoked_at: t.revoked_at,
+        viewer,
     }
+}
+
+/// A token's lifetime from the request: the default for 0, at most a year.
+fn token_ttl(ttl_seconds: u64) -> Result<Duration, Status> {
+    let ttl = match ttl_seconds {
+        0 => DEFAULT_TOKEN_TTL,
+        s => Duration::from_secs(s),
+    };
+    if ttl > MAX_TOKEN_TTL {
+        return Err(invalid(format!(
+            "token TTL {}s is too long: at most 365 days (e.g. --ttl 30d)",
+            ttl.as_secs()
+        )));
+    }
+    Ok(ttl)
 }
 
 fn random_hex(bytes: usize) -> Result<String, Status> {
@@ -149,7 +125,8 @@ impl Admin for AdminService {
         let dataplanes = self
             .dataplane_views(|d| d.kind == DataplaneKind::Sidecar && d.name == name)
             .await?;
-        let warnings = mismatch_warnings(&service, &dataplanes);
+        let warnings =
+            warnings::for_service(&service, &dataplanes, now_unix(), self.shared.cert_ttl);
         Ok(Response::new(ServiceDetail {
             service: Some(service),
             dataplanes,
@@ -284,51 +261,38 @@ impl Admin for AdminService {
         req: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
         let r = req.into_inner();
-        let (kind, id_kind) = token_kind(r.kind)?;
-        validate::name(kind.segment(), &r.name).map_err(invalid)?;
-        if kind == DataplaneKind::Sidecar {
-            self.shared
-                .store
-                .get_service(&r.name)
-                .await
-                .map_err(status)?;
-        }
-        let ttl = match r.ttl_seconds {
-            0 => DEFAULT_TOKEN_TTL,
-            s => Duration::from_secs(s),
-        };
-        if ttl > MAX_TOKEN_TTL {
-            return Err(invalid(format!(
-                "token TTL {}s is too long: at most 365 days (e.g. --ttl 30d)",
-                ttl.as_secs()
-            )));
-        }
+        let ttl = token_ttl(r.ttl_seconds)?;
         let now = now_unix();
-        let record = TokenRecord {
+        let mut record = TokenRecord {
             id: format!("tok-{}", random_hex(8)?),
-            kind,
-            name: r.name,
+            kind: TokenKind::Viewer,
+            name: r.name.clone(),
             created_at: now,
             expires_at: now.saturating_add(ttl.as_secs() as i64),
             revoked_at: 0,
         };
-        let claims = BootstrapClaims {
-            id: record.id.clone(),
-            kind: id_kind,
-            name: record.name.clone(),
-            expires_at: record.expires_at,
-            ca_sha256: self.shared.ca.current().signing.sha256_hex(),
-            trust_domain: self.shared.ca.trust_domain().as_str().to_owned(),
+        let token = if r.viewer {
+            if r.kind != DataplaneKind::Unspecified as i32 {
+                return Err(invalid(
+                    "a viewer token is for a person or tool, not a dataplane: leave kind unset (weftctl: --viewer NAME alone)".into(),
+                ));
+            }
+            validate::name("viewer", &r.name).map_err(invalid)?;
+            auth::viewer_token(&record.id, &self.shared.token_key)
+        } else {
+            let (kind, claims) = self.bootstrap_claims(&r, &record).await?;
+            record.kind = TokenKind::Bootstrap(kind);
+            claims.sign(&self.shared.token_key)
         };
         self.shared
             .store
             .create_token(record.clone())
             .await
             .map_err(status)?;
-        tracing::info!(token = %record.id, kind = kind.segment(), name = %record.name, "bootstrap token created");
+        tracing::info!(token = %record.id, kind = ?record.kind, name = %record.name, "token created");
         Ok(Response::new(CreateTokenResponse {
             info: Some(token_info(&record)),
-            token: claims.sign(&self.shared.token_key),
+            token,
         }))
     }
 
@@ -376,7 +340,8 @@ impl Admin for AdminService {
             // an error that says so.
             self.shared.store.get_service(name).await.map_err(status)?;
         }
-        let (_, connected) = self.shared.registry.acked_count(0).await.map_err(status)?;
+        // Each replica's window holds the reports of the streams it holds.
+        let connected = self.shared.registry.connected_here();
         let stats = self.shared.traffic.stats(
             service,
             r.window_seconds,
@@ -496,6 +461,33 @@ impl AdminService {
 }
 
 impl AdminService {
+    /// What a bootstrap token for `r` grants, checked: the identity must be valid and,
+    /// for a sidecar, its service must exist.
+    async fn bootstrap_claims(
+        &self,
+        r: &CreateTokenRequest,
+        record: &TokenRecord,
+    ) -> Result<(DataplaneKind, BootstrapClaims), Status> {
+        let (kind, id_kind) = token_kind(r.kind)?;
+        validate::name(kind.segment(), &r.name).map_err(invalid)?;
+        if kind == DataplaneKind::Sidecar {
+            self.shared
+                .store
+                .get_service(&r.name)
+                .await
+                .map_err(status)?;
+        }
+        let claims = BootstrapClaims {
+            id: record.id.clone(),
+            kind: id_kind,
+            name: record.name.clone(),
+            expires_at: record.expires_at,
+            ca_sha256: self.shared.ca.current().signing.sha256_hex(),
+            trust_domain: self.shared.ca.trust_domain().as_str().to_owned(),
+        };
+        Ok((kind, claims))
+    }
+
     /// The CA as `GetCa` shows it: roots, their retirement times, and rotation progress.
     async fn ca_info(&self) -> Result<CaInfo, Status> {
         let state = self.shared.ca.current();

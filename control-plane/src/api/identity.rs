@@ -8,12 +8,12 @@ use tonic::{Request, Response, Status};
 use weft_certs::token;
 use weft_certs::{IdentityKind, SpiffeId};
 use weft_proto::v1::identity_server::Identity;
-use weft_proto::v1::{IssueCertificateRequest, IssueCertificateResponse};
+use weft_proto::v1::{DataplaneKind, IssueCertificateRequest, IssueCertificateResponse};
 
 use super::{Shared, auth};
 use crate::metrics::ResultLabel;
 use crate::registry::now_unix;
-use crate::store::StoreError;
+use crate::store::{StoreError, TokenKind};
 
 pub struct IdentityService {
     shared: Arc<Shared>,
@@ -45,6 +45,18 @@ impl IdentityService {
             IdentityKind::Gateway => format!("--gateway {}", claims.name),
             _ => format!("--ingress {}", claims.name),
         };
+        let bootstrap_kind = match claims.kind {
+            IdentityKind::Service => DataplaneKind::Sidecar,
+            IdentityKind::Gateway => DataplaneKind::Gateway,
+            _ => DataplaneKind::Ingress,
+        };
+        if record.kind != TokenKind::Bootstrap(bootstrap_kind) {
+            return Err(Status::unauthenticated(format!(
+                "token {} is not a bootstrap token for a {}; create one with `weftctl token create {again}`",
+                claims.id,
+                claims.kind.segment()
+            )));
+        }
         if record.revoked_at != 0 {
             return Err(Status::unauthenticated(format!(
                 "bootstrap token {} was revoked; create a new one with `weftctl token create {again}`",

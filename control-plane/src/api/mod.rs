@@ -1,9 +1,10 @@
-//! The gRPC services of the control plane: [`admin`] (operators), [`discovery`] (one
-//! config stream per dataplane) and [`identity`] (CSR signing).
+//! The gRPC services of the control plane: [`admin`] (operators, behind [`gate`]),
+//! [`discovery`] (one config stream per dataplane) and [`identity`] (CSR signing).
 
 pub mod admin;
 pub mod auth;
 pub mod discovery;
+pub mod gate;
 pub mod identity;
 
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct Shared {
     pub leader: Arc<crate::leader::Leader>,
     /// The store as `cp status` shows it (no password).
     pub store_shown: String,
+    /// Checks operators' tokens (admin API) and sessions (dashboard).
+    pub auth: Arc<auth::Authenticator>,
 }
 
 /// Store errors keep their operator-facing message; backend failures are logged in full

@@ -70,7 +70,7 @@ pub enum Command {
     /// Registered sidecars, gateways and ingresses
     #[command(subcommand)]
     Dataplane(DataplaneCmd),
-    /// Bootstrap tokens for dataplanes
+    /// Bootstrap tokens for dataplanes, viewer tokens for people and tools
     #[command(subcommand)]
     Token(TokenCmd),
     /// The mesh certificate authority
@@ -180,17 +180,17 @@ pub enum DataplaneCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCmd {
-    /// Create a bootstrap token (printed on the last line of stdout)
+    /// Create a bootstrap or viewer token (printed on the last line of stdout)
     Create(TokenCreateArgs),
-    /// List bootstrap tokens
+    /// List tokens
     List,
-    /// Revoke a bootstrap token by id
+    /// Revoke a token by id
     Revoke { id: String },
 }
 
 /// Which identity a new token may obtain: exactly one of the three.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("identity").required(true).args(["service", "gateway", "ingress"])))]
+#[command(group(ArgGroup::new("identity").required(true).args(["service", "gateway", "ingress", "viewer"])))]
 pub struct TokenCreateArgs {
     /// Token for a sidecar of this service
     #[arg(long, value_name = "NAME")]
@@ -201,6 +201,10 @@ pub struct TokenCreateArgs {
     /// Token for the region ingress of this name
     #[arg(long, value_name = "NAME")]
     pub ingress: Option<String>,
+    /// Read-only token for a person or tool of this name: the dashboard, and weftctl's
+    /// list, get and stats commands
+    #[arg(long, value_name = "NAME")]
+    pub viewer: Option<String>,
     /// Lifetime, e.g. 1h, 7d
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
@@ -263,6 +267,19 @@ mod tests {
             .is_err()
         );
         assert!(Cli::try_parse_from(["weftctl", "token", "create", "--ingress", "us"]).is_ok());
+        assert!(Cli::try_parse_from(["weftctl", "token", "create", "--viewer", "ops"]).is_ok());
+        assert!(
+            Cli::try_parse_from([
+                "weftctl",
+                "token",
+                "create",
+                "--viewer",
+                "a",
+                "--service",
+                "b"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -19,9 +19,7 @@ use super::args::{
 };
 use super::connect::{AdminConn, ConnectOptions};
 use super::error::CliError;
-use super::output::{
-    Table, duration_text, kind_name, note, now_unix, print, print_json, time_cell,
-};
+use super::output::{Table, duration_text, note, now_unix, print, print_json, time_cell};
 use super::{traffic, views};
 use crate::validate;
 
@@ -350,13 +348,14 @@ async fn dataplane(
 
 /// Builds the token request; exactly one identity flag is set (clap's group).
 fn token_request(args: &TokenCreateArgs) -> Result<CreateTokenRequest, CliError> {
-    let (kind, name) = match (&args.service, &args.gateway, &args.ingress) {
-        (Some(n), _, _) => (DataplaneKind::Sidecar, n),
-        (_, Some(n), _) => (DataplaneKind::Gateway, n),
-        (_, _, Some(n)) => (DataplaneKind::Ingress, n),
+    let (kind, name) = match (&args.service, &args.gateway, &args.ingress, &args.viewer) {
+        (Some(n), ..) => (DataplaneKind::Sidecar, n),
+        (_, Some(n), ..) => (DataplaneKind::Gateway, n),
+        (_, _, Some(n), _) => (DataplaneKind::Ingress, n),
+        (.., Some(n)) => (DataplaneKind::Unspecified, n),
         _ => {
             return Err(CliError::Usage(
-                "token create needs one of --service NAME, --gateway NAME or --ingress NAME"
+                "token create needs one of --service NAME, --gateway NAME, --ingress NAME or --viewer NAME"
                     .to_string(),
             ));
         }
@@ -371,6 +370,7 @@ fn token_request(args: &TokenCreateArgs) -> Result<CreateTokenRequest, CliError>
         kind: kind as i32,
         name: name.clone(),
         ttl_seconds,
+        viewer: args.viewer.is_some(),
     })
 }
 
@@ -385,10 +385,15 @@ async fn token(client: &mut AdminConn, out: &Out<'_>, cmd: TokenCmd) -> Result<(
             out.show(
                 // The token goes on the last line so `| tail -n1` captures it.
                 || {
+                    let usage = if info.viewer {
+                        "log in to the dashboard with it, or pass it to weftctl with --token (read-only)"
+                    } else {
+                        "pass it to weft-sidecar with --token"
+                    };
                     format!(
                         "created {} token {} for {}, valid {} (until {})\n\
-                         it is shown only once; pass it to weft-sidecar with --token\n{}\n",
-                        kind_name(info.kind()),
+                         it is shown only once; {usage}\n{}\n",
+                        views::token_kind_name(&info),
                         info.id,
                         info.name,
                         duration_text(ttl),
@@ -481,11 +486,28 @@ mod tests {
             service: None,
             gateway: Some("edge".into()),
             ingress: None,
+            viewer: None,
             ttl: Duration::from_secs(3600),
         };
         let r = token_request(&args).unwrap();
         assert_eq!(r.kind(), DataplaneKind::Gateway);
-        assert_eq!((r.name.as_str(), r.ttl_seconds), ("edge", 3600));
+        assert_eq!(
+            (r.name.as_str(), r.ttl_seconds, r.viewer),
+            ("edge", 3600, false)
+        );
+        let viewer = TokenCreateArgs {
+            gateway: None,
+            viewer: Some("ops".into()),
+            ttl: Duration::from_secs(3600),
+            ..args
+        };
+        let r = token_request(&viewer).unwrap();
+        assert_eq!((r.kind(), r.viewer), (DataplaneKind::Unspecified, true));
+        let args = TokenCreateArgs {
+            viewer: None,
+            gateway: Some("edge".into()),
+            ..viewer
+        };
         let zero = TokenCreateArgs {
             ttl: Duration::from_millis(10),
             ..args

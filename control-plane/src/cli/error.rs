@@ -33,11 +33,11 @@ pub enum CliError {
     /// The control plane's certificate did not verify against our CA.
     #[error("{0}")]
     Tls(String),
-    /// The control plane answered UNAUTHENTICATED: the admin token is wrong.
+    /// The control plane answered UNAUTHENTICATED: the token is wrong, expired or revoked.
     #[error(
-        "the control plane refused the admin token; pass --token or set WEFT_TOKEN (the token is in {token_file})"
+        "the control plane refused the token ({reason}); pass --token or set WEFT_TOKEN (the admin token is in {token_file})"
     )]
-    Unauthenticated { token_file: String },
+    Unauthenticated { token_file: String, reason: String },
     /// The control plane refused the request; its message says why and what to do.
     #[error("{message}")]
     Server { code: Code, message: String },
@@ -82,6 +82,7 @@ pub fn explain_status(ctx: &ErrorContext, status: &Status) -> CliError {
     match status.code() {
         Code::Unauthenticated => CliError::Unauthenticated {
             token_file: ctx.token_file(),
+            reason: one_line(status.message()),
         },
         Code::InvalidArgument
         | Code::NotFound
@@ -282,7 +283,7 @@ mod tests {
         assert_eq!(err.exit_code(), EXIT_RUNTIME);
         assert!(
             err.to_string()
-                .contains("(the token is in weft-data/admin.token)")
+                .contains("(bad token); pass --token or set WEFT_TOKEN (the admin token is in weft-data/admin.token)")
         );
     }
 

@@ -128,6 +128,11 @@ fn latest_for(d: &Dataplane, list_latest: u64) -> u64 {
     }
 }
 
+/// Whether a dataplane holds the latest config (`list_latest` as for [`dataplane_json`]).
+pub fn in_sync(d: &Dataplane, list_latest: u64) -> bool {
+    d.acked_version == latest_for(d, list_latest)
+}
+
 /// Whether a dataplane holds the latest config, and if not, why.
 pub fn sync_state(acked: u64, latest: u64, nacked: u64, nack_error: &str) -> String {
     if acked == latest {
@@ -225,12 +230,21 @@ pub fn dataplane_json(d: &Dataplane, list_latest: u64) -> Value {
         "latest_version": latest,
         "nacked_version": d.nacked_version,
         "nack_error": (!d.nack_error.is_empty()).then_some(&d.nack_error),
-        "in_sync": d.acked_version == latest,
+        "in_sync": in_sync(d, list_latest),
         "sync": sync_state(d.acked_version, latest, d.nacked_version, &d.nack_error),
         "cert_expiry": time_json(d.cert_expiry),
         "app_protocol": (app != AppProtocol::Unknown).then_some(app.display_name()),
         "last_seen": time_json(d.last_seen),
     })
+}
+
+/// What a token is for: `sidecar`, `gateway`, `ingress` (bootstrap) or `viewer`.
+pub fn token_kind_name(t: &TokenInfo) -> &'static str {
+    if t.viewer {
+        "viewer"
+    } else {
+        kind_name(t.kind())
+    }
 }
 
 /// `active`, `expired` or `revoked` at time `now` (Unix seconds).
@@ -249,7 +263,7 @@ pub fn token_table(tokens: &[TokenInfo], now: i64) -> Table {
     for tok in tokens {
         t.row(vec![
             tok.id.clone(),
-            kind_name(tok.kind()).to_string(),
+            token_kind_name(tok).to_string(),
             tok.name.clone(),
             time_cell(tok.created_at),
             time_cell(tok.expires_at),
@@ -262,7 +276,7 @@ pub fn token_table(tokens: &[TokenInfo], now: i64) -> Table {
 pub fn token_json(t: &TokenInfo, now: i64) -> Value {
     json!({
         "id": t.id,
-        "kind": kind_name(t.kind()),
+        "kind": token_kind_name(t),
         "name": t.name,
         "created_at": time_json(t.created_at),
         "expires_at": time_json(t.expires_at),

@@ -21,8 +21,8 @@ use weft_proto::v1::{AppProtocol, Protocol, Route, Service};
 
 pub use model::{
     CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, Fence,
-    LeaseRecord, Liveness, ReplicaRecord, SessionRecord, StoreMeta, SweepOutcome, TokenRecord,
-    Tombstone, TombstoneKind, route_key, split_route_key,
+    LeaseRecord, Liveness, ReplicaRecord, SessionRecord, StoreMeta, SweepOutcome, TokenKind,
+    TokenRecord, Tombstone, TombstoneKind, route_key, split_route_key,
 };
 pub use rules::SweepPolicy;
 

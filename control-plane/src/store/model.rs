@@ -85,11 +85,41 @@ pub struct DataplaneRegistration {
     pub now: i64,
 }
 
-/// A bootstrap token's metadata (the secret itself is never stored).
+/// What a token grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    /// A dataplane's first certificate, for one identity of this kind.
+    Bootstrap(DataplaneKind),
+    /// Read-only access to the admin API (list and get calls) and the dashboard.
+    Viewer,
+}
+
+/// The `kind` column of a viewer token. Bootstrap tokens store their dataplane kind's
+/// protobuf value (1 to 3), so viewer tokens take one far from that range.
+const VIEWER_TOKEN_KIND: i64 = 100;
+
+impl TokenKind {
+    /// The value stored in the `kind` column.
+    pub(crate) fn to_i64(self) -> i64 {
+        match self {
+            TokenKind::Bootstrap(kind) => i64::from(kind as i32),
+            TokenKind::Viewer => VIEWER_TOKEN_KIND,
+        }
+    }
+
+    pub(crate) fn from_i64(v: i64) -> Self {
+        match v {
+            VIEWER_TOKEN_KIND => TokenKind::Viewer,
+            v => TokenKind::Bootstrap(kind_from_i64(v)),
+        }
+    }
+}
+
+/// A token's metadata (the secret itself is never stored).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenRecord {
     pub id: String,
-    pub kind: DataplaneKind,
+    pub kind: TokenKind,
     pub name: String,
     pub created_at: i64,
     pub expires_at: i64,

@@ -8,8 +8,8 @@ use weft_proto::v1::{Route, Service};
 
 use super::StoreError;
 use super::model::{
-    CaRootRecord, CaRootTimes, DataplaneRecord, ReplicaRecord, SessionRecord, TokenRecord,
-    Tombstone, TombstoneKind, app_protocol_from_i64, kind_from_i64, protocol_from_i64,
+    CaRootRecord, CaRootTimes, DataplaneRecord, ReplicaRecord, SessionRecord, TokenKind,
+    TokenRecord, Tombstone, TombstoneKind, app_protocol_from_i64, kind_from_i64, protocol_from_i64,
 };
 
 /// Typed access to the columns of one row, by position.
@@ -76,7 +76,7 @@ pub(crate) const TOKEN_COLS: &str = "id, kind, name, created_at, expires_at, rev
 pub(crate) fn token(r: &dyn Columns) -> Result<TokenRecord, StoreError> {
     Ok(TokenRecord {
         id: r.text(0)?,
-        kind: kind_from_i64(r.int(1)?),
+        kind: TokenKind::from_i64(r.int(1)?),
         name: r.text(2)?,
         created_at: r.int(3)?,
         expires_at: r.int(4)?,

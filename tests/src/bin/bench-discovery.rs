@@ -511,6 +511,7 @@ async fn main() -> anyhow::Result<()> {
                 kind: DataplaneKind::Sidecar as i32,
                 name: name.clone(),
                 ttl_seconds: 0,
+                ..Default::default()
             })
             .await?
             .into_inner()

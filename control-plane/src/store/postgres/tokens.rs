@@ -1,4 +1,4 @@
-//! Bootstrap tokens' metadata (the signed token itself is never stored). Each call is
+//! Tokens' metadata, bootstrap and viewer (the secret itself is never stored). Each call is
 //! one statement: none bumps the revision.
 
 use deadpool_postgres::GenericClient;
@@ -14,7 +14,7 @@ pub(super) async fn create(c: &impl GenericClient, token: &TokenRecord) -> Resul
         &format!("INSERT INTO tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"),
         &[
             &token.id,
-            &(token.kind as i64),
+            &token.kind.to_i64(),
             &token.name,
             &token.created_at,
             &token.expires_at,

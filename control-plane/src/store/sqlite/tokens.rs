@@ -1,4 +1,4 @@
-//! Bootstrap tokens' metadata (the signed token itself is never stored).
+//! Tokens' metadata, bootstrap and viewer (the secret token itself is never stored).
 
 use rusqlite::{Connection, Transaction, params};
 
@@ -12,7 +12,7 @@ pub(super) fn create(tx: &Transaction<'_>, token: &TokenRecord) -> Result<(), St
         &format!("INSERT INTO tokens ({TOKEN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
         params![
             token.id,
-            token.kind as i32,
+            token.kind.to_i64(),
             token.name,
             token.created_at,
             token.expires_at,
