@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_certs::{IdentityKind, IdentityManager};
-use weft_proto::v1::{AppProtocol, DataplaneKind};
+use weft_proto::v1::AppProtocol;
 
 use crate::admin::{self, AdminState};
 use crate::control::bootstrap::{mtls_channel, obtain_identity, run_renewal, token_claims};
@@ -129,12 +129,10 @@ impl Dataplane {
         let channel = mtls_channel(&common.cp, manager.subscribe())?;
         tokio::spawn(run_renewal(manager.clone(), channel.clone(), state.clone()));
         let tls = MeshTls::new(manager.subscribe());
-        let sidecar = hello.kind == DataplaneKind::Sidecar;
         let (mut client, handles) = DiscoveryClient::new(channel, hello, state, validator);
-        if sidecar {
-            // What the inbound carried, for `weftctl service stats`.
-            client.report_traffic(metrics.traffic.clone());
-        }
+        // Traffic figures for `weftctl service stats`: what a sidecar's inbound carried,
+        // what a gateway answered without an inbound (an ingress has nothing to say).
+        client.report_traffic(metrics.traffic.clone());
         let (not_ready, _) = watch::channel(Some("waiting for the first config".to_owned()));
         Ok(Dataplane {
             manager,

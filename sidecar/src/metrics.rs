@@ -1,6 +1,5 @@
 //! Prometheus metrics of a dataplane, served at `/metrics` on the admin port, and the
-//! traffic figures it reports to the control plane ([`crate::traffic`]), fed from the
-//! same recording points.
+//! traffic figures it reports to the control plane ([`crate::traffic`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,9 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use weft_proto::v1::TrafficSource;
 
-use crate::traffic::{PairCounters, Traffic};
+use crate::traffic::Traffic;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirLabel {
@@ -58,11 +56,9 @@ pub struct Metrics {
     pub tunnel_pool: Gauge,
     pub cert_expiry: Gauge,
     pub config_version: Gauge,
-    /// Traffic figures reported to the control plane.
+    /// Traffic figures reported to the control plane, counted per caller by the
+    /// inbound ([`crate::inbound::Delivery::counters`]).
     pub traffic: Arc<Traffic>,
-    /// A sidecar's own service, which its inbound delivers to: requests and spliced
-    /// streams recorded here count as traffic to it from a caller not told apart.
-    local: Option<Arc<PairCounters>>,
 }
 
 impl Default for Metrics {
@@ -82,14 +78,6 @@ fn status_class(status: u16) -> &'static str {
 }
 
 impl Metrics {
-    /// The metrics of a sidecar of `service`: what its inbound delivers is also counted
-    /// as traffic to that service.
-    pub fn for_service(service: &str) -> Self {
-        let mut m = Self::new();
-        m.local = Some(m.traffic.pair(service, TrafficSource::default()));
-        m
-    }
-
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("weft");
         let connections = Family::<ResultLabel, Counter>::default();
@@ -154,7 +142,6 @@ impl Metrics {
             cert_expiry,
             config_version,
             traffic: Traffic::new(),
-            local: None,
         }
     }
 
@@ -172,13 +159,9 @@ impl Metrics {
                 status: status_class(status),
             })
             .inc();
-        let elapsed = started.elapsed();
         self.latency
             .get_or_create(&ProtoPair { inbound, outbound })
-            .observe(elapsed.as_secs_f64());
-        if let Some(local) = &self.local {
-            local.request(status, false, elapsed);
-        }
+            .observe(started.elapsed().as_secs_f64());
     }
 
     pub fn record_splice(&self, protocol: &'static str, r: &std::io::Result<(u64, u64)>) {
@@ -189,14 +172,6 @@ impl Metrics {
                     direction: "inbound",
                 })
                 .inc_by(a + b);
-        }
-        if let Some(local) = &self.local {
-            // A spliced stream is one connection; its requests are not seen. `a` went
-            // from the tunnel (the caller) to the app, `b` back.
-            local.connection();
-            if let Ok((a, b)) = r {
-                local.bytes(*a, *b);
-            }
         }
     }
 

@@ -70,7 +70,7 @@ pub async fn run(
         let cell = outbound_cell.clone();
         Arc::new(move |c| cell.get().map_or(Ok(()), |o| o.validate(c)))
     };
-    let metrics = Arc::new(Metrics::for_service(&cfg.service));
+    let metrics = Arc::new(Metrics::new());
     let dp = Dataplane::start(&cfg.common, admin, metrics.clone(), hello, Some(validator)).await?;
 
     let pool = TunnelPool::new(dp.tls.clone());

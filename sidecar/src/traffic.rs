@@ -8,14 +8,25 @@
 //! and shared by everything that connection carries. A report swaps every counter back
 //! to zero, so each one carries what happened since the previous one and the control
 //! plane merges reports by adding them up.
+//!
+//! The inbound counts: every tunnel stream and mesh HTTP connection is a connection of
+//! its caller's pair; every request it forwards is a request, timed to its response
+//! headers, whose bodies ([`CountedBody`]) add their bytes and whose gRPC status is
+//! read from the trailers.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use dashmap::DashMap;
+use http::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use weft_certs::{IdentityKind, SpiffeId};
 use weft_proto::v1::{
-    LATENCY_BUCKETS, TrafficCounts, TrafficReport, TrafficSource, latency_bucket,
+    DataplaneKind, LATENCY_BUCKETS, TrafficCounts, TrafficReport, TrafficSource, latency_bucket,
 };
 
 /// How often a dataplane reports. The control plane's window has buckets of this size.
@@ -67,6 +78,11 @@ impl PairCounters {
         }
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.latency[latency_bucket(micros)].fetch_add(1, Relaxed);
+    }
+
+    /// A gRPC call that ended with a status other than OK (seen in its trailers).
+    pub fn grpc_error(&self) {
+        self.grpc_errors.fetch_add(1, Relaxed);
     }
 
     /// Bytes carried: `inbound` from the caller towards the app, `outbound` back.
@@ -128,6 +144,107 @@ impl PairCounters {
     }
 }
 
+/// The source of traffic from a peer with this verified identity.
+pub fn source_of(id: &SpiffeId) -> TrafficSource {
+    let kind = match id.kind() {
+        IdentityKind::Service => DataplaneKind::Sidecar,
+        IdentityKind::Gateway => DataplaneKind::Gateway,
+        IdentityKind::Ingress => DataplaneKind::Ingress,
+        IdentityKind::ControlPlane => DataplaneKind::Unspecified,
+    };
+    TrafficSource {
+        kind: kind as i32,
+        name: if kind == DataplaneKind::Unspecified {
+            String::new()
+        } else {
+            id.name().to_owned()
+        },
+    }
+}
+
+/// Whether gRPC headers or trailers end the call with a status other than OK.
+pub fn grpc_failed(headers: &HeaderMap) -> bool {
+    headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Which way a [`CountedBody`] goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// A request body, from the caller towards the app.
+    In,
+    /// A response body, from the app back to the caller.
+    Out,
+}
+
+/// A body that adds its bytes to a pair when it ends (or is dropped), and counts a gRPC
+/// error when its trailers carry one. Everything else passes through untouched,
+/// including `is_end_stream`, so a gRPC Trailers-Only answer stays one HEADERS frame.
+#[derive(Debug)]
+pub struct CountedBody<B> {
+    inner: B,
+    pair: Arc<PairCounters>,
+    direction: Direction,
+    bytes: u64,
+    /// Look for `grpc-status` in the trailers (a gRPC response).
+    grpc: bool,
+}
+
+impl<B> CountedBody<B> {
+    pub fn new(inner: B, pair: Arc<PairCounters>, direction: Direction, grpc: bool) -> Self {
+        CountedBody {
+            inner,
+            pair,
+            direction,
+            bytes: 0,
+            grpc,
+        }
+    }
+}
+
+impl<B> Drop for CountedBody<B> {
+    fn drop(&mut self) {
+        match self.direction {
+            Direction::In => self.pair.bytes(self.bytes, 0),
+            Direction::Out => self.pair.bytes(0, self.bytes),
+        }
+    }
+}
+
+impl<B> HttpBody for CountedBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes += data.len() as u64;
+            } else if let Some(trailers) = frame.trailers_ref() {
+                if self.grpc && grpc_failed(trailers) {
+                    self.pair.grpc_error();
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Keeps a connection counted as active while it lives.
 #[derive(Debug)]
 pub struct OpenConnection(Arc<PairCounters>);
@@ -135,6 +252,11 @@ pub struct OpenConnection(Arc<PairCounters>);
 impl OpenConnection {
     /// The pair this connection is counted under, to count its requests and bytes.
     pub fn counters(&self) -> &PairCounters {
+        &self.0
+    }
+
+    /// The same, to share with the requests the connection carries.
+    pub fn pair(&self) -> &Arc<PairCounters> {
         &self.0
     }
 }
@@ -246,6 +368,46 @@ mod tests {
             "the first report's counts were taken"
         );
         assert_eq!(next.counts[0].responses_4xx, 1);
+    }
+
+    #[tokio::test]
+    async fn counted_bodies_add_their_bytes_and_grpc_errors_from_trailers() {
+        use http_body_util::{BodyExt as _, Full, StreamBody};
+        let t = Traffic::new();
+        let pair = t.pair("api", gateway("edge"));
+        let request = CountedBody::new(
+            Full::new(Bytes::from_static(b"hello")),
+            pair.clone(),
+            Direction::In,
+            false,
+        );
+        assert_eq!(request.collect().await.unwrap().to_bytes().len(), 5);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "14".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"12345678"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let response = CountedBody::new(
+            StreamBody::new(futures_util::stream::iter(frames)),
+            pair.clone(),
+            Direction::Out,
+            true,
+        );
+        let collected = response.collect().await.unwrap();
+        assert!(collected.trailers().is_some());
+        drop(pair);
+        let c = &t.report(Duration::from_secs(1)).unwrap().counts[0];
+        assert_eq!((c.bytes_in, c.bytes_out, c.grpc_errors), (5, 8, 1));
+    }
+
+    #[test]
+    fn sources_name_the_peer_identity() {
+        let td = weft_certs::TrustDomain::new("weft.local").unwrap();
+        let id = SpiffeId::new(&td, IdentityKind::Gateway, "edge").unwrap();
+        assert_eq!(source_of(&id), gateway("edge"));
+        let cp = SpiffeId::new(&td, IdentityKind::ControlPlane, "cp").unwrap();
+        assert_eq!(source_of(&cp), TrafficSource::default());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_tests::{ControlPlane, Gateway, client_sidecar, curl, deploy, eventually};
+use weft_tests::{ControlPlane, Gateway, client_sidecar, curl, deploy, eventually, py_ok};
 
 /// Reports come every 10 s and only complete 10 s buckets count: figures show within
 /// about 20 s of the traffic.
@@ -142,6 +142,58 @@ async fn spliced_tcp_streams_count_connections_and_bytes_not_requests() {
         total["bytes_out"].as_u64().unwrap() >= 5000,
         "the body came out: {db:#}"
     );
+}
+
+#[tokio::test]
+async fn grpc_calls_count_a_failed_status_as_an_error() {
+    let cp = ControlPlane::start(&[]).await;
+    let (_app, _sc) = deploy(&cp, "greeter", "grpc", 0, "grpc", "eu").await;
+    cp.weftctl_ok(&[
+        "route",
+        "create",
+        "grpc.example.com",
+        "--service",
+        "greeter",
+    ]);
+    let gw = Gateway::start(&cp, "edge", &[]).await;
+    gw.wait_route("grpc.example.com").await;
+    let target = gw.http.to_string();
+    let call = |case: &str| {
+        let args = ["--target", &target, "--authority", "grpc.example.com", case];
+        py_ok("grpc_client.py", &args);
+    };
+    // Three OK calls and two answered NOT_FOUND: HTTP 200 all, two gRPC errors.
+    for case in ["unary", "unary", "unary", "error", "error"] {
+        call(case);
+    }
+    let greeter = stats_when(&cp, "greeter", |s| s["total"]["requests"] == 5).await;
+    let total = &greeter["total"];
+    assert_eq!(total["responses"]["2xx"], 5, "{greeter:#}");
+    assert_eq!(total["grpc_errors"], 2, "{greeter:#}");
+    assert!(
+        (total["success_rate"].as_f64().unwrap() - 0.6).abs() < 1e-9,
+        "{greeter:#}"
+    );
+}
+
+#[tokio::test]
+async fn requests_no_inbound_answered_are_counted_by_the_gateway() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "ghost", "--protocol", "http"]);
+    cp.weftctl_ok(&["route", "create", "ghost.example.com", "--service", "ghost"]);
+    let gw = Gateway::start(&cp, "edge", &[]).await;
+    gw.wait_route("ghost.example.com").await;
+    for _ in 0..4 {
+        let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        let target = gw.plain("ghost.example.com", "/");
+        args.extend(target.iter().map(String::as_str));
+        let (_, status, _) = curl(&args);
+        assert_eq!(status, "503", "no endpoint");
+    }
+    let ghost = stats_when(&cp, "ghost", |s| s["total"]["requests"] == 4).await;
+    assert_eq!(ghost["total"]["responses"]["5xx"], 4, "{ghost:#}");
+    assert_eq!(ghost["total"]["success_rate"], 0.0, "{ghost:#}");
+    assert_eq!(ghost["sources"][0]["source"], "gateway:edge", "{ghost:#}");
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use weft_certs::IdentityKind;
-use weft_proto::v1::DataplaneKind;
+use weft_proto::v1::{DataplaneKind, TrafficSource};
 
 use crate::control::client::HelloInfo;
 use crate::dataplane::{Common, Dataplane, bind, check_token};
@@ -182,6 +182,10 @@ pub async fn run(
         upstream_timeout: cfg.upstream_timeout,
         idle_timeout: cfg.idle_timeout,
         cert_names,
+        source: TrafficSource {
+            kind: DataplaneKind::Gateway as i32,
+            name: name.clone(),
+        },
     });
     let (drainer, drain) = Drainer::new();
     let listener = |listener| Listener {

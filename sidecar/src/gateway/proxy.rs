@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
+use weft_proto::v1::TrafficSource;
 
 use super::access::AccessRecord;
 use super::body::{ConnClock, RequestBody, ResponseBody};
@@ -30,6 +31,7 @@ use crate::errors::{
 use crate::http::limits::{self, BODY_PROGRESS_TIMEOUT, MAX_HEADER_BYTES};
 use crate::http::{authority, convert, headers, ws};
 use crate::metrics::Metrics;
+use crate::traffic::grpc_failed;
 
 /// What the gateway knows about the connection a request came on.
 pub struct ConnInfo {
@@ -71,6 +73,17 @@ pub struct Gateway {
     /// h2), and spliced WebSockets without traffic.
     pub idle_timeout: Duration,
     pub cert_names: CertNames,
+    /// This gateway as a traffic source (`gateway:NAME`).
+    pub source: TrafficSource,
+}
+
+/// What the access log and the traffic figures learn of a request while it is routed.
+#[derive(Default)]
+struct Seen {
+    /// The authority the client addressed.
+    host: String,
+    /// The service of the route it took, once one was found.
+    service: Option<String>,
 }
 
 /// What a valid request addressed.
@@ -118,8 +131,8 @@ impl Gateway {
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_default();
-        let mut host = String::new();
-        let routed = match self.route(&conn, req, respond, &mut host).await {
+        let mut seen = Seen::default();
+        let routed = match self.route(&conn, req, respond, &mut seen).await {
             Ok(r) => r,
             Err(rejection) => {
                 let (parts, body) = respond.reject(&rejection).into_parts();
@@ -133,10 +146,19 @@ impl Gateway {
         let status = routed.parts.status.as_u16();
         self.metrics
             .record_request(conn.protocol, "h2", status, started);
+        if let (true, Some(service)) = (routed.endpoint.is_empty(), &seen.service) {
+            // A request for a service that no inbound answered (no healthy endpoint,
+            // none reachable in time): counted here, since no inbound will count it.
+            let grpc_error = respond.is_grpc() && grpc_failed(&routed.parts.headers);
+            self.metrics
+                .traffic
+                .pair(service, self.source.clone())
+                .request(status, grpc_error, started.elapsed());
+        }
         let record = AccessRecord {
             started,
             client: conn.peer,
-            host,
+            host: seen.host,
             method,
             path,
             status,
@@ -165,12 +187,13 @@ impl Gateway {
         conn: &ConnInfo,
         mut req: Request<Incoming>,
         respond: Respond,
-        host_for_log: &mut String,
+        seen: &mut Seen,
     ) -> Result<Routed, Rejection> {
         let addressed = self.validate(conn, &req)?;
-        host_for_log.push_str(addressed.authority.as_str());
+        seen.host.push_str(addressed.authority.as_str());
         let config = self.config.borrow().clone();
         let route = self.find_route(&config, &addressed, &req, respond)?;
+        seen.service = Some(route.service.clone());
         let upgrade = ws::form(&req).map(|form| Upgrade {
             form,
             client: hyper::upgrade::on(&mut req),

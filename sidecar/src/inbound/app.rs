@@ -26,9 +26,10 @@ use tokio::sync::Notify;
 
 use super::Delivery;
 use crate::control::config::Selector;
-use crate::errors::{Body, MeshError, Rejection, Respond, full, grpc_to_http_message};
+use crate::errors::{Body, MeshError, Rejection, Respond, boxed, full, grpc_to_http_message};
 use crate::http::limits::{self, Limiter, Slot};
 use crate::http::{authority, convert, ws};
+use crate::traffic::{CountedBody, Direction, PairCounters, grpc_failed};
 use crate::tunnel::io::H2Io;
 
 /// Requests in progress towards the app at once.
@@ -183,7 +184,14 @@ fn version_label(v: Version) -> &'static str {
 
 /// Forwards one request to the app per `selector`; the response is for a client
 /// speaking the request's own version. Refusals become the mesh's own responses.
-pub async fn forward(req: Request<Incoming>, selector: Selector, d: &Delivery) -> Response<Body> {
+/// Every request is counted in its caller's `pair`: status and time to the response
+/// headers here, bytes and a failed gRPC status as the bodies end.
+pub async fn forward(
+    req: Request<Incoming>,
+    selector: Selector,
+    d: &Delivery,
+    pair: &Arc<PairCounters>,
+) -> Response<Body> {
     let started = Instant::now();
     let respond = Respond::to(&req);
     let client = req.version();
@@ -192,17 +200,20 @@ pub async fn forward(req: Request<Incoming>, selector: Selector, d: &Delivery) -
     } else {
         Version::HTTP_11
     };
-    let resp = match forward_to(req, selector, respond, d).await {
+    let resp = match forward_to(req, selector, respond, d, pair).await {
         Ok(resp) => resp,
         Err(rejection) => respond.reject(&rejection),
     };
-    d.metrics.record_request(
-        version_label(client),
-        version_label(to),
-        resp.status().as_u16(),
-        started,
+    let status = resp.status().as_u16();
+    d.metrics
+        .record_request(version_label(client), version_label(to), status, started);
+    let grpc = respond.is_grpc();
+    pair.request(
+        status,
+        grpc && grpc_failed(resp.headers()),
+        started.elapsed(),
     );
-    resp
+    resp.map(|body| boxed(CountedBody::new(body, pair.clone(), Direction::Out, grpc)))
 }
 
 async fn forward_to(
@@ -210,6 +221,7 @@ async fn forward_to(
     selector: Selector,
     respond: Respond,
     d: &Delivery,
+    pair: &Arc<PairCounters>,
 ) -> Result<Response<Body>, Rejection> {
     let service = d.service.as_str();
     match selector {
@@ -253,8 +265,12 @@ async fn forward_to(
         return websocket_to(req, form, authority, to, respond, slot, d).await;
     }
     convert::request(&mut req, authority, to, respond)?;
-    // The client's trailers cross cleaned, like the app's on the way back.
-    let req = req.map(|b| convert::clean_trailers(b, ()));
+    // The client's trailers cross cleaned, like the app's on the way back; its bytes
+    // are counted for the caller.
+    let req = req.map(|body| {
+        let counted = CountedBody::new(body, pair.clone(), Direction::In, false);
+        convert::clean_trailers(counted, ())
+    });
     let sent = if to == Version::HTTP_2 {
         d.apps.h2.request(req).await
     } else {

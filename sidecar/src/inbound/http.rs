@@ -14,17 +14,24 @@ use crate::control::config::Selector;
 use crate::errors::Respond;
 use crate::http::limits;
 use crate::serve::{self, Drain};
+use crate::traffic::OpenConnection;
 
 /// Serves a client inside a tunnel stream that speaks another HTTP version than the
 /// app (`client_h2`): each request is forwarded per `selector`, fixed when the stream
-/// was accepted.
-pub async fn serve_translated<T>(io: T, client_h2: bool, selector: Selector, d: Arc<Delivery>)
-where
+/// was accepted, and counted for the stream's caller (`conn`).
+pub async fn serve_translated<T>(
+    io: T,
+    client_h2: bool,
+    selector: Selector,
+    d: Arc<Delivery>,
+    conn: OpenConnection,
+) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let pair = conn.pair().clone();
     let svc = hyper::service::service_fn(move |req| {
-        let d = d.clone();
-        async move { Ok::<_, Infallible>(app::forward(req, selector, &d).await) }
+        let (d, pair) = (d.clone(), pair.clone());
+        async move { Ok::<_, Infallible>(app::forward(req, selector, &d, &pair).await) }
     });
     let io = TokioIo::new(io);
     let r = if client_h2 {
@@ -38,6 +45,7 @@ where
     if let Err(e) = r {
         tracing::debug!(error = %e, "translated connection ended with an error");
     }
+    drop(conn);
 }
 
 /// Serves a mesh HTTP connection from `caller` (a gateway): every request is admitted
@@ -47,17 +55,22 @@ pub async fn serve_mesh<T>(io: T, caller: Caller, d: Arc<Delivery>, drain: Drain
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The connection counts as one for its caller while it is open; its requests are
+    // counted one by one.
+    let open = d.counters(&caller).open();
+    let pair = open.pair().clone();
     let caller = Arc::new(caller);
     let svc = hyper::service::service_fn(move |req| {
-        let (d, caller) = (d.clone(), caller.clone());
+        let (d, caller, pair) = (d.clone(), caller.clone(), pair.clone());
         async move {
             if let Err(denied) = d.admit(&caller) {
                 return Ok::<_, Infallible>(Respond::to(&req).reject(&denied));
             }
-            Ok(app::forward(req, d.selector(), &d).await)
+            Ok(app::forward(req, d.selector(), &d, &pair).await)
         }
     });
     let builder = limits::mesh_h2_server();
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     serve::http_connection(conn, drain, std::future::pending(), "mesh HTTP").await;
+    drop(open);
 }

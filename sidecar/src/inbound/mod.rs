@@ -26,6 +26,7 @@ use crate::control::config::{MeshConfig, Selector};
 use crate::errors::Rejection;
 use crate::io::splice;
 use crate::metrics::Metrics;
+use crate::traffic::{OpenConnection, PairCounters, source_of};
 use app::AppClients;
 
 /// Who is calling the inbound: the SPIFFE id verified on the mTLS handshake of the
@@ -68,16 +69,38 @@ impl Delivery {
         let _ = caller;
         Ok(())
     }
+
+    /// The traffic counters of `caller`'s calls to this service: looked up once per
+    /// tunnel stream or mesh HTTP connection, then shared by its requests.
+    pub fn counters(&self, caller: &Caller) -> Arc<PairCounters> {
+        self.metrics
+            .traffic
+            .pair(&self.service, source_of(&caller.id))
+    }
 }
 
-/// Delivers one tunnel stream, already connected to the app, per `selector`.
-pub async fn deliver<T>(selector: Selector, mut tunnel: T, mut app: TcpStream, d: Arc<Delivery>)
-where
+/// Delivers one tunnel stream, already connected to the app, per `selector`; `conn`
+/// counts it for its caller while it lasts.
+pub async fn deliver<T>(
+    selector: Selector,
+    mut tunnel: T,
+    mut app: TcpStream,
+    d: Arc<Delivery>,
+    conn: OpenConnection,
+) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // A spliced stream's requests are not seen: its bytes are. `a` went from the tunnel
+    // (the caller) to the app, `b` back.
+    let spliced = |r: &std::io::Result<(u64, u64)>| {
+        if let Ok((a, b)) = r {
+            conn.counters().bytes(*a, *b);
+        }
+    };
     if selector == Selector::Tcp {
         let r = splice(&mut tunnel, &mut app).await;
         d.metrics.record_splice("tcp", &r);
+        spliced(&r);
         return;
     }
     let app_h2 = selector.app_speaks_h2();
@@ -96,9 +119,10 @@ where
         let r = splice(&mut tunnel, &mut app).await;
         d.metrics
             .record_splice(if app_h2 { "h2" } else { "h1" }, &r);
+        spliced(&r);
         return;
     }
     drop(app);
     let io = detect::Rewind::new(peeked, tunnel);
-    http::serve_translated(io, client_h2, selector, d).await;
+    http::serve_translated(io, client_h2, selector, d, conn).await;
 }

@@ -190,5 +190,6 @@ async fn stream(
         Err(_) => return,
     };
     let io = H2Io::new(send, req.into_body());
-    deliver(selector, io, app, inbound.delivery.clone()).await;
+    let conn = d.counters(caller).open();
+    deliver(selector, io, app, inbound.delivery.clone(), conn).await;
 }
