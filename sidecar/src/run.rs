@@ -36,6 +36,45 @@ pub struct RunConfig {
     pub outbound_ip: IpAddr,
 }
 
+/// The address other dataplanes reach the inbound port at: `--advertise`, else the
+/// bound address (loopback for a wildcard one, with a warning).
+fn advertised(cfg: &RunConfig, inbound: &tokio::net::TcpListener) -> String {
+    cfg.advertise.clone().unwrap_or_else(|| {
+        let port = inbound.local_addr().map(|a| a.port()).unwrap_or(15008);
+        let ip = if cfg.inbound.ip().is_unspecified() {
+            tracing::warn!("--advertise not set and --inbound is a wildcard address: advertising 127.0.0.1 (set --advertise HOST:PORT for other hosts)");
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            cfg.inbound.ip()
+        };
+        SocketAddr::new(ip, port).to_string()
+    })
+}
+
+/// Serves the inbound port: tunnel streams and mesh HTTP requests to the app.
+fn serve_inbound(
+    cfg: &RunConfig,
+    listener: tokio::net::TcpListener,
+    dp: &Dataplane,
+    delivery: Delivery,
+    drain: crate::serve::Drain,
+) {
+    let inbound = Arc::new(Inbound {
+        tls: dp.tls.clone(),
+        delivery: Arc::new(delivery),
+    });
+    tokio::spawn(serve::accept(
+        Listener {
+            listener,
+            direction: "inbound",
+            max_connections: cfg.common.max_connections,
+        },
+        dp.metrics.clone(),
+        drain,
+        move |tcp, peer, drain| server::connection(inbound.clone(), tcp, peer, drain),
+    ));
+}
+
 /// Runs until `shutdown` resolves, then drains.
 pub async fn run(
     cfg: RunConfig,
@@ -46,16 +85,7 @@ pub async fn run(
         .with_context(|| format!("service name {:?} is not a valid host", cfg.service))?;
     let inbound_listener = bind("inbound", cfg.inbound).await?;
     let admin = bind("admin", cfg.common.admin).await?;
-    let advertise = cfg.advertise.clone().unwrap_or_else(|| {
-        let port = inbound_listener.local_addr().map(|a| a.port()).unwrap_or(15008);
-        let ip = if cfg.inbound.ip().is_unspecified() {
-            tracing::warn!("--advertise not set and --inbound is a wildcard address: advertising 127.0.0.1 (set --advertise HOST:PORT for other hosts)");
-            IpAddr::from([127, 0, 0, 1])
-        } else {
-            cfg.inbound.ip()
-        };
-        SocketAddr::new(ip, port).to_string()
-    });
+    let advertise = advertised(&cfg, &inbound_listener);
     let hello = HelloInfo {
         kind: DataplaneKind::Sidecar,
         name: cfg.service.clone(),
@@ -87,28 +117,14 @@ pub async fn run(
     let _ = outbound_cell.set(outbound.clone());
 
     let app_refused = Arc::new(tokio::sync::Notify::new());
-    let inbound = Arc::new(Inbound {
-        app: cfg.app,
-        tls: dp.tls.clone(),
-        delivery: Arc::new(Delivery {
-            service: cfg.service.clone(),
-            authority,
-            config: dp.config.clone(),
-            apps: AppClients::new(cfg.app, app_refused.clone()),
-            metrics: metrics.clone(),
-        }),
-        app_refused: app_refused.clone(),
-    });
-    tokio::spawn(serve::accept(
-        Listener {
-            listener: inbound_listener,
-            direction: "inbound",
-            max_connections: cfg.common.max_connections,
-        },
-        metrics.clone(),
-        drain,
-        move |tcp, peer, drain| server::connection(inbound.clone(), tcp, peer, drain),
-    ));
+    let delivery = Delivery {
+        service: cfg.service.clone(),
+        authority,
+        config: dp.config.clone(),
+        apps: AppClients::new(cfg.app, app_refused.clone()),
+        metrics: metrics.clone(),
+    };
+    serve_inbound(&cfg, inbound_listener, &dp, delivery, drain);
 
     // The app probe runs at start, periodically, and when the selector changes.
     let (kick_tx, kick_rx) = watch::channel(None);

@@ -111,29 +111,8 @@ fn upgrade_h2c(
     let (status, body) = match frame {
         Some(frame) => {
             let on_upgrade = hyper::upgrade::on(&mut req);
-            let upgraded = ConnInfo {
-                peer: info.peer,
-                tls: false,
-                sni: None,
-                protocol: "h2c-upgrade",
-                clock: Arc::new(ConnClock::default()),
-            };
-            tokio::spawn(async move {
-                let Ok(io) = on_upgrade.await else {
-                    return;
-                };
-                let mut io = TokioIo::new(io);
-                let preamble = tokio::time::timeout(
-                    limits::first_bytes_timeout(gw.idle_timeout),
-                    h2c_upgrade::preamble(&mut io, frame),
-                )
-                .await;
-                match preamble {
-                    Ok(Ok(prefix)) => serve_h2(Rewind::new(prefix, io), gw, upgraded, drain).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, "h2c upgrade failed"),
-                    Err(_) => tracing::debug!("h2c-upgraded client sent no preface in time"),
-                }
-            });
+            let upgraded = conn_info(info.peer, false, None, "h2c-upgrade");
+            tokio::spawn(serve_upgraded(on_upgrade, frame, gw, upgraded, drain));
             (StatusCode::SWITCHING_PROTOCOLS, "")
         }
         // Too big to inject: the client may retry without the (optional) upgrade.
@@ -157,6 +136,31 @@ fn upgrade_h2c(
         h.insert(http::header::UPGRADE, http::HeaderValue::from_static("h2c"));
     }
     r
+}
+
+/// Serves a connection upgraded to h2c once the client's preface arrived (in time),
+/// with the upgraded request injected as stream 1.
+async fn serve_upgraded(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    frame: bytes::Bytes,
+    gw: Arc<Gateway>,
+    info: ConnInfo,
+    drain: Drain,
+) {
+    let Ok(io) = on_upgrade.await else {
+        return;
+    };
+    let mut io = TokioIo::new(io);
+    let preamble = tokio::time::timeout(
+        limits::first_bytes_timeout(gw.idle_timeout),
+        h2c_upgrade::preamble(&mut io, frame),
+    )
+    .await;
+    match preamble {
+        Ok(Ok(prefix)) => serve_h2(Rewind::new(prefix, io), gw, info, drain).await,
+        Ok(Err(e)) => tracing::debug!(error = %e, "h2c upgrade failed"),
+        Err(_) => tracing::debug!("h2c-upgraded client sent no preface in time"),
+    }
 }
 
 fn conn_info(peer: SocketAddr, tls: bool, sni: Option<String>, protocol: &'static str) -> ConnInfo {

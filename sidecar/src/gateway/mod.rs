@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
 use weft_certs::IdentityKind;
 use weft_proto::v1::{DataplaneKind, TrafficSource};
 
@@ -31,7 +32,7 @@ use crate::control::client::HelloInfo;
 use crate::dataplane::{Common, Dataplane, bind, check_token};
 use crate::metrics::Metrics;
 use crate::outbound::balance::Balancer;
-use crate::serve::{self, Drainer, Listener};
+use crate::serve::{self, Drain, Drainer, Listener};
 use proxy::{CertNames, Gateway};
 use upstream::Upstreams;
 
@@ -131,6 +132,39 @@ fn write_pem(path: &Path, pem: &str) -> anyhow::Result<()> {
     std::fs::write(path, pem).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Serves the public listeners: plain (HTTP/1.1, h2c) and TLS.
+fn serve_listeners(
+    gw: &Arc<Gateway>,
+    http: Option<TcpListener>,
+    https: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    max_connections: usize,
+    drain: &Drain,
+) {
+    let listener = |listener| Listener {
+        listener,
+        direction: "gateway",
+        max_connections,
+    };
+    if let Some(l) = http {
+        let gw = gw.clone();
+        tokio::spawn(serve::accept(
+            listener(l),
+            gw.metrics.clone(),
+            drain.clone(),
+            move |tcp, peer, drain| listen::plain(tcp, peer, gw.clone(), drain),
+        ));
+    }
+    if let Some((l, tls)) = https {
+        let gw = gw.clone();
+        tokio::spawn(serve::accept(
+            listener(l),
+            gw.metrics.clone(),
+            drain.clone(),
+            move |tcp, peer, drain| listen::secure(tcp, peer, gw.clone(), tls.clone(), drain),
+        ));
+    }
+}
+
 /// Runs the gateway until `shutdown` resolves.
 pub async fn run(
     cfg: GatewayConfig,
@@ -188,29 +222,13 @@ pub async fn run(
         },
     });
     let (drainer, drain) = Drainer::new();
-    let listener = |listener| Listener {
-        listener,
-        direction: "gateway",
-        max_connections: cfg.common.max_connections,
-    };
-    if let Some(l) = http {
-        let gw = gw.clone();
-        tokio::spawn(serve::accept(
-            listener(l),
-            metrics.clone(),
-            drain.clone(),
-            move |tcp, peer, drain| listen::plain(tcp, peer, gw.clone(), drain),
-        ));
-    }
-    if let (Some(l), Some(tls)) = (https, tls) {
-        let gw = gw.clone();
-        tokio::spawn(serve::accept(
-            listener(l),
-            metrics.clone(),
-            drain.clone(),
-            move |tcp, peer, drain| listen::secure(tcp, peer, gw.clone(), tls.clone(), drain),
-        ));
-    }
+    serve_listeners(
+        &gw,
+        http,
+        https.zip(tls),
+        cfg.common.max_connections,
+        &drain,
+    );
     let not_ready = dp.run(None, move |c| upstreams.retain(c));
     tracing::info!(gateway = %name, http = ?cfg.http, https = ?cfg.https, admin = %cfg.common.admin, "weft gateway running");
     shutdown.await;

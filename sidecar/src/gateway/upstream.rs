@@ -25,7 +25,7 @@ use parking_lot::RwLock;
 use crate::control::config::EndpointEntry;
 use crate::control::config::MeshConfig;
 use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, Rejection, full};
-use crate::http::limits::{self, Limiter, MESH_MAX_STREAMS, Slot};
+use crate::http::limits::{self, Limiter, MESH_MAX_STREAMS, Overloaded, Slot};
 use crate::outbound::attempts::Attempts;
 use crate::outbound::balance::{Balancer, InFlight};
 use crate::tls::{MeshAlpn, MeshTls};
@@ -49,6 +49,14 @@ pub struct Hold {
     _inflight: InFlight,
     _slot: Slot,
     _stream: StreamGuard,
+}
+
+/// Why an endpoint could not take a request before anything was sent.
+enum Unsent {
+    /// Every slot busy and the queue full: another endpoint may take it.
+    Busy(Overloaded),
+    /// No connection could be opened: the endpoint is ejected.
+    Unreachable(TunnelError),
 }
 
 /// A response from an endpoint.
@@ -246,10 +254,9 @@ impl Upstreams {
         let mut last = None;
         let mut attempts = Attempts::new(&self.balancer, config, service, prefer_region);
         while let Some(ep) = attempts.next() {
-            let endpoint = self.endpoint(ep, service);
-            let slot = match endpoint.slots.admit().await {
-                Ok(slot) => slot,
-                Err(busy) => {
+            let (endpoint, mut sender, hold) = match self.stream_to(ep, service).await {
+                Ok(s) => s,
+                Err(Unsent::Busy(busy)) => {
                     tracing::info!(service, endpoint = %ep.address, %busy, "endpoint overloaded; trying another");
                     last = Some(Rejection::new(
                         MeshError::Overloaded,
@@ -258,20 +265,11 @@ impl Upstreams {
                     attempts.skipped(ep);
                     continue;
                 }
-            };
-            let inflight = self.balancer.start(&ep.id);
-            let (mut sender, stream) = match endpoint.stream(&self.tls).await {
-                Ok(s) => s,
-                Err(e) => {
+                Err(Unsent::Unreachable(e)) => {
                     tracing::warn!(service, endpoint = %ep.address, error = %e, "endpoint failed; trying another");
                     attempts.refused(ep);
                     continue;
                 }
-            };
-            let hold = Hold {
-                _inflight: inflight,
-                _slot: slot,
-                _stream: stream,
             };
             match sender.try_send_request(req).await {
                 Ok(response) => {
@@ -311,22 +309,39 @@ impl Upstreams {
                 },
             }
         }
-        if let Some(up) = unavailable {
-            return Ok(up);
+        match (unavailable, last) {
+            (Some(up), _) => Ok(up),
+            (None, Some(last)) => Err(last),
+            (None, None) if attempts.made() == 0 => Err(Rejection::new(
+                MeshError::NoEndpoint,
+                format!("no healthy endpoint for service {service}"),
+            )),
+            (None, None) => Err(Rejection::new(
+                MeshError::UpstreamFailed,
+                format!("no endpoint of service {service} could take the request"),
+            )),
         }
-        Err(last.unwrap_or_else(|| {
-            if attempts.made() == 0 {
-                Rejection::new(
-                    MeshError::NoEndpoint,
-                    format!("no healthy endpoint for service {service}"),
-                )
-            } else {
-                Rejection::new(
-                    MeshError::UpstreamFailed,
-                    format!("no endpoint of service {service} could take the request"),
-                )
-            }
-        }))
+    }
+
+    /// A stream to `ep` and what it holds there, once one of its slots is free.
+    async fn stream_to(
+        &self,
+        ep: &EndpointEntry,
+        service: &str,
+    ) -> Result<(Arc<Endpoint>, SendRequest<Body>, Hold), Unsent> {
+        let endpoint = self.endpoint(ep, service);
+        let slot = endpoint.slots.admit().await.map_err(Unsent::Busy)?;
+        let inflight = self.balancer.start(&ep.id);
+        let (sender, stream) = endpoint
+            .stream(&self.tls)
+            .await
+            .map_err(Unsent::Unreachable)?;
+        let hold = Hold {
+            _inflight: inflight,
+            _slot: slot,
+            _stream: stream,
+        };
+        Ok((endpoint, sender, hold))
     }
 
     /// Drops the connections of endpoints no longer in the config (their open streams

@@ -116,6 +116,32 @@ pub fn mesh_h2_client() -> hyper::client::conn::http2::Builder<TokioExecutor> {
     b
 }
 
+/// The inbound's pooled HTTP/1.1 client towards its app.
+pub fn app_h1_client() -> hyper_util::client::legacy::Builder {
+    let mut b = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .http1_max_buf_size(MAX_HEADER_BYTES + HYPER_HEADER_SLACK)
+        .set_host(true);
+    b
+}
+
+/// The inbound's shared h2c client towards its app. No keepalive pings and no
+/// adaptive window: gRPC servers count pings as strikes and answer
+/// ENHANCE_YOUR_CALM. The connection window never binds, so a stream whose reader
+/// stalls holds only its own window.
+pub fn app_h2_client() -> hyper_util::client::legacy::Builder {
+    let mut b = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    b.http2_only(true)
+        .pool_idle_timeout(Duration::from_secs(300))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http2_initial_stream_window_size(MESH_STREAM_WINDOW)
+        .http2_initial_connection_window_size(APP_CONNECTION_WINDOW)
+        .http2_max_header_list_size(MAX_HEADER_BYTES as u32);
+    b
+}
+
 /// Why a request was not admitted: every slot is busy and the queue is full.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("{busy} requests in progress and {queued} waiting")]

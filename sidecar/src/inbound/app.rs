@@ -20,7 +20,7 @@ use http::uri::Authority;
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -83,24 +83,8 @@ impl AppClients {
     /// Clients of the app at `addr`; `refused` is notified when it refuses a connection.
     pub fn new(addr: SocketAddr, refused: Arc<Notify>) -> Self {
         let connector = AppConnector { addr, refused };
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .http1_max_buf_size(limits::MAX_HEADER_BYTES + 64 * 1024)
-            .set_host(true)
-            .build(connector.clone());
-        // No keepalive pings and no adaptive window: gRPC servers count pings as strikes
-        // and answer ENHANCE_YOUR_CALM. The connection window never binds, so a stream
-        // whose reader stalls holds only its own window.
-        let h2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .pool_idle_timeout(Duration::from_secs(300))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_initial_stream_window_size(limits::MESH_STREAM_WINDOW)
-            .http2_initial_connection_window_size(limits::APP_CONNECTION_WINDOW)
-            .http2_max_header_list_size(limits::MAX_HEADER_BYTES as u32)
-            .build(connector.clone());
+        let h1 = limits::app_h1_client().build(connector.clone());
+        let h2 = limits::app_h2_client().build(connector.clone());
         AppClients {
             connector,
             h1,
@@ -112,6 +96,11 @@ impl AppClients {
     /// The app's address (for logs, never for messages to clients).
     pub fn addr(&self) -> SocketAddr {
         self.connector.addr
+    }
+
+    /// A TCP connection to the app (for tunnel streams); a refusal wakes the probe.
+    pub async fn connect(&self) -> std::io::Result<TcpStream> {
+        self.connector.connect().await
     }
 
     /// Opens an RFC 8441 WebSocket stream to an h2c app, which must have enabled

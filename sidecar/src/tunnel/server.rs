@@ -26,11 +26,8 @@ use crate::tls::{MeshAlpn, MeshTls};
 
 /// What the inbound port serves.
 pub struct Inbound {
-    pub app: SocketAddr,
     pub tls: Arc<MeshTls>,
     pub delivery: Arc<Delivery>,
-    /// Told when the app refuses a connection, so the prober checks at once.
-    pub app_refused: Arc<tokio::sync::Notify>,
 }
 
 /// Serves one accepted connection until it ends; when the drain begins, GOAWAY and
@@ -171,11 +168,10 @@ async fn stream(
     }
     // New streams use the selector in force now; open ones keep theirs.
     let selector = d.selector();
-    let app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(inbound.app)).await {
+    let app = match tokio::time::timeout(CONNECT_TIMEOUT, d.apps.connect()).await {
         Ok(Ok(app)) => app,
         Ok(Err(e)) => {
-            tracing::warn!(app = %inbound.app, error = %e, "app refused the connection");
-            inbound.app_refused.notify_one();
+            tracing::warn!(app = %d.apps.addr(), error = %e, "app refused the connection");
             answer(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
             return;
         }
@@ -184,7 +180,6 @@ async fn stream(
             return;
         }
     };
-    let _ = app.set_nodelay(true);
     let send = match respond.send_response(Response::new(()), false) {
         Ok(s) => s,
         Err(_) => return,
