@@ -328,3 +328,45 @@ async fn request_trailers_cross_cleaned_and_declared_ones_reach_an_http1_app() {
     assert!(seen.get("weft-error-code").is_none(), "{out:#}");
     assert_eq!(out["json"]["body_bytes"], 1000, "{out:#}");
 }
+
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_is_abandoned() {
+    let (_cp, _web, gw) = edge(&["--idle-timeout", "1s"]).await;
+    // 10 of the 100 bytes announced, then nothing: the gateway gives up on the body
+    // (after the idle timeout, shorter than the 60 s default) and answers.
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: web.example.com\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let (_, got) = closed_by_server(&mut s, Duration::from_secs(10)).await;
+    let got = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(got.starts_with("http/1.1 502"), "{got}");
+    assert!(got.contains("weft-error-code: weft-3"), "{got}");
+}
+
+#[tokio::test]
+async fn a_client_that_takes_no_response_data_is_closed() {
+    weft_tests::require_python_packages();
+    let (_cp, _web, gw) = edge(&["--idle-timeout", "2s"]).await;
+    // Streams whose responses wait with a window of 0: not idle (requests are in
+    // progress), but stalled, so the connection is closed after the progress timeout
+    // (the idle timeout here, shorter than the 60 s default).
+    let out = std::process::Command::new("python3")
+        .arg(weft_tests::py_dir().join("h2_stall.py"))
+        .args(["--port", &gw.http.port().to_string()])
+        .args([
+            "--authority",
+            "web.example.com",
+            "--streams",
+            "3",
+            "--hold",
+            "20",
+        ])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["headers"], 3, "{json}");
+    assert_eq!(json["closed_by_server"], true, "{json}");
+}

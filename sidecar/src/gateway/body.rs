@@ -5,7 +5,8 @@
 //!   other control frames are not requests, so a client that only keeps the connection
 //!   alive is still closed after `--idle-timeout`.
 //! - A connection is **stalled** when a response chunk was handed to hyper and the
-//!   client took nothing from any of its responses for [`BODY_PROGRESS_TIMEOUT`]
+//!   client took nothing from any of its responses for the progress timeout (60 s, or
+//!   the idle timeout when shorter: [`limits::body_progress_timeout`])
 //!   (hyper asks a body for more only once the client made room): it is closed.
 //!   Waiting for the app (a slow or silent stream) is not a stall.
 //! - A request body from which nothing arrives for its timeout fails, which resets the
@@ -28,7 +29,7 @@ use tokio::time::Sleep;
 use super::access::AccessRecord;
 use super::upstream::Hold;
 use crate::errors::{Body, BoxError, ERROR_CODE_HEADER, MeshError, grpc_message_encode};
-pub use crate::http::limits::BODY_PROGRESS_TIMEOUT;
+use crate::http::limits;
 use crate::serve::Close;
 
 /// Requests in progress on one client connection, and when its responses last moved.
@@ -84,13 +85,14 @@ impl ConnClock {
             }
             if self.waiting.load(Ordering::Acquire) > 0 {
                 let stalled_for = self.since(&self.taken);
-                if stalled_for >= BODY_PROGRESS_TIMEOUT {
+                let progress = limits::body_progress_timeout(idle);
+                if stalled_for >= progress {
                     tracing::info!(
                         "client took no response data for the progress timeout; closing"
                     );
                     return Close::Now;
                 }
-                wait = wait.min(BODY_PROGRESS_TIMEOUT - stalled_for);
+                wait = wait.min(progress - stalled_for);
             }
             tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
         }
@@ -270,11 +272,15 @@ impl Drop for ResponseBody {
 
 /// A public client's request body on its way into the mesh: fails when no byte
 /// arrives for `timeout`, so a client that stops sending cannot hold a mesh stream;
-/// its trailers are cleaned ([`crate::http::headers::clean_trailers`]).
+/// its trailers are cleaned ([`crate::http::headers::clean_trailers`]). Only time spent
+/// waiting for the client counts: while the mesh is not asking for more (the app reads
+/// slowly), the clock does not run.
 pub struct RequestBody {
     inner: Incoming,
     timeout: Duration,
     timer: Pin<Box<Sleep>>,
+    /// The last poll handed a frame over: the clock restarts at the next one.
+    handed: bool,
 }
 
 impl RequestBody {
@@ -283,6 +289,7 @@ impl RequestBody {
             inner,
             timeout,
             timer: Box::pin(tokio::time::sleep(timeout)),
+            handed: false,
         }
     }
 }
@@ -304,10 +311,14 @@ impl HttpBody for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        if self.handed {
+            self.handed = false;
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            self.timer.as_mut().reset(deadline);
+        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + self.timeout;
-                self.timer.as_mut().reset(deadline);
+                self.handed = true;
                 let frame = frame.map(|f| {
                     f.map(|f| match f.into_trailers() {
                         Ok(mut t) => {

@@ -28,7 +28,7 @@ use crate::control::config::{MeshConfig, RouteEntry, Selector};
 use crate::errors::{
     Body, ERROR_CODE_HEADER, MeshError, Rejection, Respond, boxed, full, grpc_to_http_message,
 };
-use crate::http::limits::{self, BODY_PROGRESS_TIMEOUT, MAX_HEADER_BYTES};
+use crate::http::limits::{self, MAX_HEADER_BYTES};
 use crate::http::{authority, convert, headers, ws};
 use crate::metrics::Metrics;
 use crate::traffic::grpc_failed;
@@ -312,9 +312,9 @@ impl Gateway {
         // A body that stops arriving fails, so a client cannot hold a mesh stream open
         // forever; gRPC streams idle legitimately, up to the idle timeout.
         let body_timeout = if respond.is_grpc() {
-            self.idle_timeout.max(BODY_PROGRESS_TIMEOUT)
+            self.idle_timeout
         } else {
-            BODY_PROGRESS_TIMEOUT
+            limits::body_progress_timeout(self.idle_timeout)
         };
         let mut out = req.map(|b| {
             if websocket {

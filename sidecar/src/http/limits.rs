@@ -49,13 +49,21 @@ pub const APP_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// timeout, when one is configured, applies instead (see [`first_bytes_timeout`]).
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a body may make no progress: a request body from which no byte arrives, or
-/// a connection with response data waiting from which the client takes nothing.
+/// a connection with response data waiting from which the client takes nothing. A
+/// shorter idle timeout, when one is configured, applies instead
+/// ([`body_progress_timeout`]).
 pub const BODY_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The first-bytes deadline for a listener whose idle timeout is `idle`: a connection
 /// that has sent nothing yet is never kept longer than an idle one.
 pub fn first_bytes_timeout(idle: Duration) -> Duration {
     FIRST_BYTES_TIMEOUT.min(idle)
+}
+
+/// The no-progress deadline of bodies on a listener whose idle timeout is `idle`: a
+/// body waiting on the client is never kept longer than an idle connection.
+pub fn body_progress_timeout(idle: Duration) -> Duration {
+    BODY_PROGRESS_TIMEOUT.min(idle)
 }
 
 /// Size of a header section as the limit counts it (RFC 9113 §6.5.2: name, value and
@@ -216,7 +224,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_bytes_come_within_30s_or_the_shorter_idle_timeout() {
+    fn client_deadlines_are_never_longer_than_the_idle_timeout() {
+        assert_eq!(
+            body_progress_timeout(Duration::from_secs(300)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            body_progress_timeout(Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
         assert_eq!(
             first_bytes_timeout(Duration::from_secs(300)),
             Duration::from_secs(30)
