@@ -48,6 +48,8 @@ pub struct IssuedCert {
     pub not_after: i64,
     /// The identity in the leaf's URI SAN.
     pub spiffe_id: SpiffeId,
+    /// Lowercase hex of the leaf's serial number (see [`crate::serial_hex`]).
+    pub serial: String,
 }
 
 /// The mesh CA: its certificate and signing key.
@@ -323,6 +325,7 @@ impl CertificateAuthority {
             not_before: params.not_before.unix_timestamp(),
             not_after: params.not_after.unix_timestamp(),
             spiffe_id: id.clone(),
+            serial: crate::serial_hex(leaf_der).map_err(|e| CsrError::Signing(e.to_string()))?,
         })
     }
 }

@@ -174,6 +174,14 @@ pub fn spiffe_id_of(cert_der: &[u8]) -> Result<SpiffeId, CertError> {
     }
 }
 
+/// Lowercase hex of a DER certificate's serial number, as the control plane records
+/// and revokes it.
+pub fn serial_hex(cert_der: &[u8]) -> Result<String, CertError> {
+    Ok(hex(parse_x509(cert_der, "certificate")?
+        .tbs_certificate
+        .raw_serial()))
+}
+
 /// Lowercase hex SHA-256 of `bytes` (certificate fingerprints, as in bootstrap tokens).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(digest::digest(&digest::SHA256, bytes).as_ref())

@@ -27,7 +27,8 @@ use rustls::{
 
 use crate::bundle::TrustBundle;
 use crate::error::CertError;
-use crate::identity::{Identity, sha256_hex, spiffe_id_of};
+use crate::identity::{Identity, serial_hex, sha256_hex, spiffe_id_of};
+use crate::revocation::Revocations;
 use crate::spiffe::SpiffeId;
 
 /// TLS 1.3 only: the mesh tunnel between Weft components.
@@ -49,7 +50,18 @@ pub fn mesh_server_config(
     bundle: &TrustBundle,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, CertError> {
-    server_config(id, bundle, alpn, MESH_VERSIONS, true)
+    server_config(id, bundle, alpn, MESH_VERSIONS, true, None)
+}
+
+/// [`mesh_server_config`] that also refuses client certificates listed in `revoked`
+/// (read at each handshake, so a list pushed later applies to the same config).
+pub fn mesh_server_config_with_revocations(
+    id: &Identity,
+    bundle: &TrustBundle,
+    alpn: &[&[u8]],
+    revoked: &Arc<Revocations>,
+) -> Result<Arc<ServerConfig>, CertError> {
+    server_config(id, bundle, alpn, MESH_VERSIONS, true, Some(revoked.clone()))
 }
 
 /// Control-plane server: like [`mesh_server_config`] but client certificates are optional
@@ -60,7 +72,7 @@ pub fn control_plane_server_config(
     bundle: &TrustBundle,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, CertError> {
-    server_config(id, bundle, alpn, CP_VERSIONS, false)
+    server_config(id, bundle, alpn, CP_VERSIONS, false, None)
 }
 
 fn server_config(
@@ -69,6 +81,7 @@ fn server_config(
     alpn: &[&[u8]],
     versions: &[&'static SupportedProtocolVersion],
     client_cert_required: bool,
+    revoked: Option<Arc<Revocations>>,
 ) -> Result<Arc<ServerConfig>, CertError> {
     let provider = provider();
     let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -82,6 +95,7 @@ fn server_config(
     };
     let verifier = Arc::new(SpiffeClientVerifier {
         inner: builder.build()?,
+        revoked,
     });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)?
@@ -100,11 +114,33 @@ pub fn mesh_client_config(
     expected: &SpiffeId,
     alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>, CertError> {
+    client_config(id, bundle, expected, alpn, None)
+}
+
+/// [`mesh_client_config`] that also refuses server certificates listed in `revoked`.
+pub fn mesh_client_config_with_revocations(
+    id: &Identity,
+    bundle: &TrustBundle,
+    expected: &SpiffeId,
+    alpn: &[&[u8]],
+    revoked: &Arc<Revocations>,
+) -> Result<Arc<ClientConfig>, CertError> {
+    client_config(id, bundle, expected, alpn, Some(revoked.clone()))
+}
+
+fn client_config(
+    id: &Identity,
+    bundle: &TrustBundle,
+    expected: &SpiffeId,
+    alpn: &[&[u8]],
+    revoked: Option<Arc<Revocations>>,
+) -> Result<Arc<ClientConfig>, CertError> {
     let provider = provider();
     let verifier = Arc::new(SpiffeServerVerifier {
         roots: bundle.root_store(),
         expected: expected.clone(),
         algs: provider.signature_verification_algorithms,
+        revoked,
     });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(MESH_VERSIONS)?
@@ -241,10 +277,27 @@ fn rejected(msg: String) -> rustls::Error {
     )))))
 }
 
-/// Server-side check: webpki client verification, plus "the leaf carries one SPIFFE id".
+/// A revoked peer certificate, as a rustls error naming the serial.
+fn check_not_revoked(
+    revoked: Option<&Arc<Revocations>>,
+    leaf: &CertificateDer<'_>,
+    who: &str,
+) -> Result<(), rustls::Error> {
+    match revoked {
+        Some(r) if r.is_revoked_cert(leaf) => Err(rejected(format!(
+            "the {who} certificate (serial {}) was revoked by the control plane",
+            serial_hex(leaf).unwrap_or_default()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Server-side check: webpki client verification, plus "the leaf carries one SPIFFE id",
+/// plus "it was not revoked" when a revocation list is attached.
 #[derive(Debug)]
 struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    revoked: Option<Arc<Revocations>>,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
@@ -271,6 +324,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             .verify_client_cert(end_entity, intermediates, now)?;
         spiffe_id_of(end_entity)
             .map_err(|e| rejected(format!("client certificate is not a mesh identity: {e}")))?;
+        check_not_revoked(self.revoked.as_ref(), end_entity, "client")?;
         Ok(verified)
     }
 
@@ -297,11 +351,13 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
-/// Client-side check for mesh peers: chain to the bundle, then SPIFFE id == expected.
+/// Client-side check for mesh peers: chain to the bundle, then SPIFFE id == expected,
+/// then not revoked (when a revocation list is attached).
 struct SpiffeServerVerifier {
     roots: RootCertStore,
     expected: SpiffeId,
     algs: WebPkiSupportedAlgorithms,
+    revoked: Option<Arc<Revocations>>,
 }
 
 impl fmt::Debug for SpiffeServerVerifier {
@@ -342,6 +398,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 self.expected
             )));
         }
+        check_not_revoked(self.revoked.as_ref(), end_entity, "server")?;
         Ok(ServerCertVerified::assertion())
     }
 

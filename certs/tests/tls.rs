@@ -6,8 +6,10 @@ mod common;
 use common::{DAY, bundle, handshake, identity, ping, server_identity, svc, td};
 use tokio::io::AsyncReadExt;
 use weft_certs::{
-    CertificateAuthority, TrustBundle, control_plane_client_config, control_plane_server_config,
-    mesh_client_config, mesh_server_config, peer_spiffe_id, pinned_ca_client_config,
+    CertificateAuthority, Revocations, TrustBundle, control_plane_client_config,
+    control_plane_server_config, mesh_client_config, mesh_client_config_with_revocations,
+    mesh_server_config, mesh_server_config_with_revocations, peer_spiffe_id,
+    pinned_ca_client_config, serial_hex,
 };
 
 const ALPN: &[&[u8]] = &[b"h2"];
@@ -40,6 +42,38 @@ async fn mesh_mtls_succeeds_and_server_sees_client_id() {
         Some(svc("backend"))
     );
     ping(&mut s, &mut c, b"hello mesh").await.unwrap();
+}
+
+#[tokio::test]
+async fn revoked_certificates_are_refused_on_both_sides_from_the_next_handshake() {
+    let ca = CertificateAuthority::generate(&td()).unwrap();
+    let b = bundle(&ca);
+    let server_id = identity(&ca, &svc("backend"), DAY);
+    let client_id = identity(&ca, &svc("frontend"), DAY);
+    let revoked = Revocations::new();
+    let server = mesh_server_config_with_revocations(&server_id, &b, ALPN, &revoked).unwrap();
+    let client =
+        mesh_client_config_with_revocations(&client_id, &b, &svc("backend"), ALPN, &revoked)
+            .unwrap();
+    let (s, c) = handshake(server.clone(), client.clone(), "backend").await;
+    assert!(s.is_ok() && c.is_ok(), "nothing revoked yet");
+
+    // The client's certificate is revoked: the same server config now refuses it.
+    let client_serial = serial_hex(&client_id.chain()[0]).unwrap();
+    revoked.replace([client_serial.clone()]);
+    let plain_client = mesh_client_config(&client_id, &b, &svc("backend"), ALPN).unwrap();
+    let (s, _) = handshake(server.clone(), plain_client, "backend").await;
+    let err = s.unwrap_err().to_string();
+    assert!(
+        err.contains(&client_serial) && err.contains("revoked"),
+        "{err}"
+    );
+
+    // The server's certificate is revoked: a client with the list refuses it.
+    revoked.replace([serial_hex(&server_id.chain()[0]).unwrap()]);
+    let plain_server = mesh_server_config(&server_id, &b, ALPN).unwrap();
+    let (_, c) = handshake(plain_server, client, "backend").await;
+    assert!(c.unwrap_err().to_string().contains("server certificate"));
 }
 
 #[tokio::test]

@@ -8,14 +8,17 @@
 //! version its dataplane acknowledged, sent whole or in small parts
 //! ([`Snapshot::parts_for`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
 use tokio::sync::{Notify, watch};
-use weft_proto::v1::{ConfigUpdate, DataplaneKind, Endpoint, Route, RouteKey, Service};
+use weft_proto::v1::{
+    ConfigUpdate, DataplaneKind, Endpoint, MeshSettings, Permission, RevokedCertificate,
+    RevokedCertificates, Route, RouteKey, Service,
+};
 
 use crate::store::{ConfigState, Store, Tombstone, TombstoneKind, split_route_key};
 
@@ -25,15 +28,28 @@ const RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 /// How long [`ConfigHub::published`] waits for the reloader before reloading itself.
 const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 
-/// What a dataplane of a given kind receives.
+/// What a dataplane of a given kind receives besides services, endpoints, the trust
+/// bundle and the revoked certificates: gateways route, sidecars enforce permissions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Interest {
     routes: bool,
+    permissions: bool,
 }
 
 fn interest(kind: DataplaneKind) -> Interest {
     Interest {
         routes: kind == DataplaneKind::Gateway,
+        permissions: kind == DataplaneKind::Sidecar,
+    }
+}
+
+impl Interest {
+    fn tombstone(self, kind: TombstoneKind) -> bool {
+        match kind {
+            TombstoneKind::Service | TombstoneKind::Endpoint => true,
+            TombstoneKind::Route => self.routes,
+            TombstoneKind::Permission => self.permissions,
+        }
     }
 }
 
@@ -52,9 +68,17 @@ pub struct Snapshot {
     horizon: u64,
     bundle_pem: String,
     bundle_revision: u64,
-    /// Latest version relevant to sidecars/ingresses (no routes) and to gateways.
-    latest_without_routes: u64,
-    latest_with_routes: u64,
+    permissions: BTreeMap<String, Permission>,
+    mesh: MeshSettings,
+    /// Revoked certificates not yet expired, and the revision of the last revocation.
+    revoked: Vec<RevokedCertificate>,
+    revoked_serials: HashSet<String>,
+    revoked_revision: u64,
+    /// Latest version of what every dataplane receives, of routes, of permissions
+    /// (with the mesh settings).
+    latest_common: u64,
+    latest_routes: u64,
+    latest_permissions: u64,
 }
 
 impl Snapshot {
@@ -104,17 +128,33 @@ impl Snapshot {
             .iter()
             .map(|r| r.cert_pem.trim_end().to_owned() + "\n")
             .collect::<String>();
-        let mut latest_without_routes = state.bundle_revision;
-        latest_without_routes = latest_without_routes
+        let now = crate::registry::now_unix();
+        let revoked: Vec<RevokedCertificate> = state
+            .revoked
+            .into_iter()
+            .filter(|r| r.not_after > now)
+            .collect();
+        let mut latest_common = state
+            .bundle_revision
+            .max(state.revoked_revision)
             .max(state.services.iter().map(|s| s.revision).max().unwrap_or(0))
             .max(endpoints.values().map(|(_, r)| *r).max().unwrap_or(0));
-        let mut latest_with_routes =
-            latest_without_routes.max(state.routes.iter().map(|r| r.revision).max().unwrap_or(0));
+        let mut latest_routes = state.routes.iter().map(|r| r.revision).max().unwrap_or(0);
+        let mut latest_permissions = state.mesh.revision.max(
+            state
+                .permissions
+                .iter()
+                .map(|p| p.revision)
+                .max()
+                .unwrap_or(0),
+        );
         for t in &state.tombstones {
-            if t.kind != TombstoneKind::Route {
-                latest_without_routes = latest_without_routes.max(t.revision);
-            }
-            latest_with_routes = latest_with_routes.max(t.revision);
+            let latest = match t.kind {
+                TombstoneKind::Service | TombstoneKind::Endpoint => &mut latest_common,
+                TombstoneKind::Route => &mut latest_routes,
+                TombstoneKind::Permission => &mut latest_permissions,
+            };
+            *latest = (*latest).max(t.revision);
         }
         Snapshot {
             version: state.revision,
@@ -135,19 +175,38 @@ impl Snapshot {
             horizon: state.tombstone_horizon,
             bundle_pem,
             bundle_revision: state.bundle_revision,
-            latest_without_routes,
-            latest_with_routes,
+            permissions: state
+                .permissions
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect(),
+            mesh: state.mesh,
+            revoked_serials: revoked.iter().map(|r| r.serial.clone()).collect(),
+            revoked,
+            revoked_revision: state.revoked_revision,
+            latest_common,
+            latest_routes,
+            latest_permissions,
         }
+    }
+
+    /// Whether the certificate with this serial was revoked (and has not expired).
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked_serials.contains(serial)
     }
 
     /// The newest version that changed something a dataplane of `kind` receives. A
     /// dataplane is in sync when its acknowledged version is at least this.
     pub fn relevant_version(&self, kind: DataplaneKind) -> u64 {
-        if interest(kind).routes {
-            self.latest_with_routes
-        } else {
-            self.latest_without_routes
+        let interest = interest(kind);
+        let mut latest = self.latest_common;
+        if interest.routes {
+            latest = latest.max(self.latest_routes);
         }
+        if interest.permissions {
+            latest = latest.max(self.latest_permissions);
+        }
+        latest
     }
 
     /// Whether `base` (a version acknowledged by a dataplane holding `cp_id`'s config)
@@ -188,7 +247,7 @@ impl Snapshot {
             return None;
         }
         Some(Plan {
-            routes: interest(kind).routes,
+            interest: interest(kind),
             base,
             pos: Pos::Header,
         })
@@ -210,6 +269,14 @@ impl Snapshot {
             part.trust_domain = self.trust_domain.clone();
             if plan.base.is_none_or(|b| self.bundle_revision > b) {
                 part.trust_bundle_pem = self.bundle_pem.clone();
+            }
+            if plan.base.is_none_or(|b| self.revoked_revision > b) {
+                part.revoked = Some(RevokedCertificates {
+                    certificates: self.revoked.clone(),
+                });
+            }
+            if plan.interest.permissions && plan.base.is_none_or(|b| self.mesh.revision > b) {
+                part.mesh = Some(self.mesh);
             }
             plan.pos = Pos::Services(Bound::Unbounded);
         }
@@ -259,7 +326,23 @@ impl Snapshot {
                             part.endpoints.push(e.clone());
                             plan.pos = Pos::Endpoints(Bound::Excluded(e.id.clone()));
                         }
-                        None if plan.routes => plan.pos = Pos::Routes(Bound::Unbounded),
+                        None => plan.pos = self.after_endpoints(plan),
+                    }
+                }
+                Pos::Permissions(after) => {
+                    let after = after.as_ref().map(String::as_str);
+                    let next = self
+                        .permissions
+                        .range::<str, _>((after, Bound::Unbounded))
+                        .map(|(_, p)| p)
+                        .find(|p| changed(p.revision));
+                    match next {
+                        Some(p) if !fits(p.encoded_len()) => break,
+                        Some(p) => {
+                            part.permissions.push(p.clone());
+                            plan.pos = Pos::Permissions(Bound::Excluded(p.id.clone()));
+                        }
+                        None if plan.interest.routes => plan.pos = Pos::Routes(Bound::Unbounded),
                         None => plan.pos = self.removals_from(plan.base),
                     }
                 }
@@ -287,6 +370,7 @@ impl Snapshot {
                         continue;
                     };
                     match t.kind {
+                        _ if !plan.interest.tombstone(t.kind) => {}
                         TombstoneKind::Service => {
                             if !fits(t.key.len()) {
                                 break;
@@ -299,7 +383,13 @@ impl Snapshot {
                             }
                             part.removed_endpoints.push(t.key.clone());
                         }
-                        TombstoneKind::Route if plan.routes => {
+                        TombstoneKind::Permission => {
+                            if !fits(t.key.len()) {
+                                break;
+                            }
+                            part.removed_permissions.push(t.key.clone());
+                        }
+                        TombstoneKind::Route => {
                             let (host, prefix) = split_route_key(&t.key);
                             let key = RouteKey {
                                 host: host.to_owned(),
@@ -310,7 +400,6 @@ impl Snapshot {
                             }
                             part.removed_routes.push(key);
                         }
-                        TombstoneKind::Route => {}
                     }
                     plan.pos = Pos::Removals(i + 1);
                 }
@@ -319,6 +408,17 @@ impl Snapshot {
         }
         part.more = true;
         part
+    }
+
+    /// What follows the endpoints in an update for `plan`'s kind of dataplane.
+    fn after_endpoints(&self, plan: &Plan) -> Pos {
+        if plan.interest.permissions {
+            Pos::Permissions(Bound::Unbounded)
+        } else if plan.interest.routes {
+            Pos::Routes(Bound::Unbounded)
+        } else {
+            self.removals_from(plan.base)
+        }
     }
 
     /// Where the removals of a delta from `base` start; a full config has none.
@@ -342,7 +442,7 @@ impl Snapshot {
 /// What one update contains and how far sending it got.
 #[derive(Debug)]
 struct Plan {
-    routes: bool,
+    interest: Interest,
     /// The version the update is a delta from; `None` for a full config.
     base: Option<u64>,
     pos: Pos,
@@ -356,6 +456,7 @@ enum Pos {
     Header,
     Services(Bound<String>),
     Endpoints(Bound<String>),
+    Permissions(Bound<String>),
     Routes(Bound<(String, String)>),
     /// Index into the tombstones (sorted by revision).
     Removals(usize),
@@ -556,6 +657,7 @@ mod tests {
                 last_seen: 0,
                 acked_version: 0,
                 cert_expiry: 0,
+                cert_serial: String::new(),
             }],
             tombstones: vec![Tombstone {
                 kind: TombstoneKind::Service,
@@ -571,7 +673,69 @@ mod tests {
                 added_at: 0,
             }],
             bundle_revision: 1,
+            permissions: vec![Permission {
+                id: "perm-1".into(),
+                source: "b".into(),
+                destination: "a".into(),
+                action: weft_proto::v1::PermissionAction::Allow as i32,
+                revision: 7,
+                ..Default::default()
+            }],
+            mesh: MeshSettings {
+                default_policy: weft_proto::v1::DefaultPolicy::Deny as i32,
+                revision: 4,
+            },
+            revoked: vec![
+                RevokedCertificate {
+                    serial: "aa".into(),
+                    not_after: i64::MAX,
+                },
+                RevokedCertificate {
+                    serial: "expired".into(),
+                    not_after: 1,
+                },
+            ],
+            revoked_revision: 3,
         }
+    }
+
+    #[test]
+    fn sidecars_get_permissions_and_everyone_the_revoked_certificates() {
+        let snap = Snapshot::from_state(state(), "cp", "weft.local");
+        let full = snap.update_for(DataplaneKind::Sidecar, None).unwrap();
+        assert_eq!(full.permissions.len(), 1);
+        assert_eq!(full.mesh.unwrap().revision, 4);
+        let revoked = |u: &ConfigUpdate| {
+            u.revoked.as_ref().map(|r| {
+                r.certificates
+                    .iter()
+                    .map(|c| c.serial.clone())
+                    .collect::<Vec<_>>()
+            })
+        };
+        // Expired certificates are left out: the chain check refuses them anyway.
+        assert_eq!(revoked(&full), Some(vec!["aa".to_owned()]));
+        assert!(snap.is_revoked("aa") && !snap.is_revoked("expired"));
+        for kind in [DataplaneKind::Gateway, DataplaneKind::Ingress] {
+            let full = snap.update_for(kind, None).unwrap();
+            assert!(
+                full.permissions.is_empty() && full.mesh.is_none(),
+                "{kind:?}"
+            );
+            assert_eq!(revoked(&full), Some(vec!["aa".to_owned()]));
+        }
+        // Deltas carry the settings and the list only when they changed.
+        let delta = snap.update_for(DataplaneKind::Sidecar, Some(5)).unwrap();
+        assert_eq!(delta.permissions.len(), 1);
+        assert!(delta.mesh.is_none() && delta.revoked.is_none());
+        // A permission change is no change for gateways and ingresses.
+        let mut st = state();
+        st.revision = 11;
+        st.permissions[0].revision = 11;
+        let snap = Snapshot::from_state(st, "cp", "weft.local");
+        assert_eq!(snap.relevant_version(DataplaneKind::Sidecar), 11);
+        assert_eq!(snap.relevant_version(DataplaneKind::Ingress), 9);
+        assert!(snap.update_for(DataplaneKind::Ingress, Some(9)).is_none());
     }
 
     #[test]
@@ -663,6 +827,7 @@ mod tests {
                 last_seen: 0,
                 acked_version: 0,
                 cert_expiry: 0,
+                cert_serial: String::new(),
             })
             .collect();
         st.tombstones = (0..90)
@@ -680,6 +845,21 @@ mod tests {
                 revision: 400 + i as u64,
             })
             .collect();
+        st.permissions = (0..30)
+            .map(|i| Permission {
+                id: format!("perm-{i:02}"),
+                source: format!("svc-{i:03}"),
+                destination: "svc-001".into(),
+                action: weft_proto::v1::PermissionAction::Allow as i32,
+                revision: 200 + i,
+                ..Default::default()
+            })
+            .collect();
+        st.tombstones.extend((0..5).map(|i| Tombstone {
+            kind: TombstoneKind::Permission,
+            key: format!("perm-gone-{i}"),
+            revision: 491 + i,
+        }));
         st.tombstone_horizon = 5;
         st.ca_roots[0].cert_pem = "-----BEGIN CERTIFICATE-----\n".repeat(40);
         st.bundle_revision = 450;
@@ -713,6 +893,11 @@ mod tests {
             whole
                 .removed_routes
                 .extend(p.removed_routes.iter().cloned());
+            assert!(p.mesh.is_none() && p.revoked.is_none(), "first part only");
+            whole.permissions.extend(p.permissions.iter().cloned());
+            whole
+                .removed_permissions
+                .extend(p.removed_permissions.iter().cloned());
         }
         whole.more = false;
         whole
@@ -725,6 +910,8 @@ mod tests {
             + p.removed_endpoints.len()
             + p.routes.len()
             + p.removed_routes.len()
+            + p.permissions.len()
+            + p.removed_permissions.len()
     }
 
     #[test]
@@ -783,5 +970,13 @@ mod tests {
         );
         assert_eq!(delta.removed_routes[0].path_prefix, "/api");
         assert!(!delta.trust_bundle_pem.is_empty());
+        assert!(delta.permissions.is_empty() && delta.removed_permissions.is_empty());
+        let sidecar = snap.update_for(DataplaneKind::Sidecar, None).unwrap();
+        assert_eq!((sidecar.permissions.len(), sidecar.routes.len()), (30, 0));
+        let delta = snap.update_for(DataplaneKind::Sidecar, Some(420)).unwrap();
+        assert_eq!(
+            (delta.removed_permissions.len(), delta.removed_routes.len()),
+            (5, 0)
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! - [`hub`]: config snapshots and deltas, pushed on change;
 //! - [`registry`]: live dataplane state and health timers;
 //! - [`ca`]: the mesh CA as held by the control plane;
+//! - [`advertise`]: which addresses dataplanes may announce;
 //! - [`api`]: the gRPC services (admin, discovery, identity);
 //! - [`traffic`]: the rolling window of traffic figures the dataplanes report;
 //! - [`warnings`]: problems worth an operator's attention, worded once;
@@ -12,6 +13,7 @@
 //! - [`cli`]: the `weftctl` command line.
 #![forbid(unsafe_code)]
 
+pub mod advertise;
 pub mod api;
 pub mod ca;
 pub mod cli;

@@ -13,6 +13,7 @@ use weft_proto::v1::admin_server::AdminServer;
 use weft_proto::v1::discovery_server::DiscoveryServer;
 use weft_proto::v1::identity_server::IdentityServer;
 
+use crate::advertise::AdvertisePolicy;
 use crate::api::{
     Shared, admin::AdminService, auth, discovery::DiscoveryService, gate::AdminGate,
     identity::IdentityService,
@@ -50,6 +51,9 @@ pub struct CpConfig {
     pub store: StoreKind,
     /// `--ca-key-secret`: seals the CA keys (and the admin token) in the store.
     pub ca_key_secret: Option<PathBuf>,
+    /// `--allow-advertise`: networks dataplanes may announce addresses in besides the
+    /// one they connect from.
+    pub allow_advertise: Vec<ipnet::IpNet>,
 }
 
 fn random_hex(n: usize) -> anyhow::Result<String> {
@@ -291,6 +295,10 @@ pub async fn run(
             meta.token_key.clone(),
             store.clone(),
         ),
+        advertise: AdvertisePolicy {
+            single_host: cfg.listen.ip().is_loopback(),
+            allowed: cfg.allow_advertise.clone(),
+        },
     });
     {
         // Forget what left the traffic window even while nobody reads it.

@@ -224,7 +224,7 @@ impl Rule {
     /// Whether the rule applies to a call from `source` (as named in rules: the caller's
     /// service or gateway) to `destination` on `port` (`None`: port unknown, so only
     /// rules for every port apply).
-    pub(crate) fn matches(
+    pub fn matches(
         &self,
         caller: &crate::Caller<'_>,
         destination: &str,

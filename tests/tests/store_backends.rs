@@ -108,6 +108,7 @@ async fn dataplanes_bump_only_on_visible_changes() {
             region: "eu".into(),
             address: "127.0.0.1:15008".into(),
             cert_expiry: 0,
+            cert_serial: String::new(),
             now: 1,
         };
         let first = s.register_dataplane(reg.clone()).await.unwrap();

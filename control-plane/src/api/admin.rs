@@ -10,7 +10,7 @@ use weft_certs::token::BootstrapClaims;
 use weft_proto::v1::admin_server::Admin;
 use weft_proto::v1::*;
 
-use super::{Shared, auth, status};
+use super::{Shared, auth, authz, status};
 use crate::ca::{CaError, rfc3339};
 use crate::registry::now_unix;
 use crate::store::rules::replica_alive;
@@ -86,7 +86,7 @@ fn token_ttl(ttl_seconds: u64) -> Result<Duration, Status> {
     Ok(ttl)
 }
 
-fn random_hex(bytes: usize) -> Result<String, Status> {
+pub(crate) fn random_hex(bytes: usize) -> Result<String, Status> {
     use ring::rand::SecureRandom as _;
     let mut buf = vec![0u8; bytes];
     ring::rand::SystemRandom::new()
@@ -254,6 +254,71 @@ impl Admin for AdminService {
                     "no dataplane \"{id}\"; list them with `weftctl dataplane list`"
                 ))
             })
+    }
+
+    async fn revoke_dataplane(
+        &self,
+        req: Request<RevokeDataplaneRequest>,
+    ) -> Result<Response<RevokeDataplaneResponse>, Status> {
+        let revoked = authz::revoke_dataplane(&self.shared, &req.into_inner().id).await?;
+        // Publishing the revoked list is what closes its stream and tells its peers.
+        self.committed().await;
+        Ok(Response::new(revoked))
+    }
+
+    async fn create_permission(
+        &self,
+        req: Request<CreatePermissionRequest>,
+    ) -> Result<Response<Permission>, Status> {
+        let permission = authz::create_permission(&self.shared, req.into_inner()).await?;
+        self.committed().await;
+        Ok(Response::new(permission))
+    }
+
+    async fn list_permissions(
+        &self,
+        _req: Request<ListPermissionsRequest>,
+    ) -> Result<Response<ListPermissionsResponse>, Status> {
+        let permissions = self.shared.store.list_permissions().await.map_err(status)?;
+        Ok(Response::new(ListPermissionsResponse { permissions }))
+    }
+
+    async fn delete_permission(
+        &self,
+        req: Request<DeletePermissionRequest>,
+    ) -> Result<Response<DeletePermissionResponse>, Status> {
+        let id = req.into_inner().id;
+        let revision = self
+            .shared
+            .store
+            .delete_permission(id.trim())
+            .await
+            .map_err(status)?;
+        tracing::info!(id = %id, revision, "permission deleted");
+        self.committed().await;
+        Ok(Response::new(DeletePermissionResponse { revision }))
+    }
+
+    async fn check_permission(
+        &self,
+        req: Request<CheckPermissionRequest>,
+    ) -> Result<Response<CheckPermissionResponse>, Status> {
+        Ok(Response::new(
+            authz::check_permission(&self.shared, req.into_inner()).await?,
+        ))
+    }
+
+    async fn get_mesh(&self, _req: Request<GetMeshRequest>) -> Result<Response<MeshInfo>, Status> {
+        Ok(Response::new(authz::mesh_info(&self.shared).await?))
+    }
+
+    async fn set_default_policy(
+        &self,
+        req: Request<SetDefaultPolicyRequest>,
+    ) -> Result<Response<MeshInfo>, Status> {
+        authz::set_default_policy(&self.shared, req.into_inner().default_policy).await?;
+        self.committed().await;
+        Ok(Response::new(authz::mesh_info(&self.shared).await?))
     }
 
     async fn create_token(

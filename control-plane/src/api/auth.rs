@@ -204,17 +204,31 @@ impl Authenticator {
     }
 }
 
+/// The certificate a dataplane presented on its TLS connection.
+#[derive(Clone, Debug)]
+pub struct PeerCert {
+    pub id: SpiffeId,
+    /// Expiry of the leaf (unix seconds; 0 when unreadable).
+    pub not_after: i64,
+    /// Lowercase hex serial of the leaf.
+    pub serial: String,
+}
+
 /// The caller's mesh identity, if its TLS connection presented a certificate (the TLS
-/// layer has already checked that it chains to the trust bundle). Returns the SPIFFE id
-/// and the leaf's expiry.
-pub fn peer_identity<T>(req: &Request<T>) -> Option<(SpiffeId, i64)> {
+/// layer has already checked that it chains to the trust bundle).
+pub fn peer_identity<T>(req: &Request<T>) -> Option<PeerCert> {
     let certs = req.peer_certs()?;
     let leaf = certs.first()?;
     let id = weft_certs::spiffe_id_of(leaf.as_ref()).ok()?;
-    let expiry = x509_parser::parse_x509_certificate(leaf.as_ref())
+    let not_after = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map(|(_, c)| c.validity().not_after.timestamp())
         .unwrap_or(0);
-    Some((id, expiry))
+    let serial = weft_certs::serial_hex(leaf.as_ref()).ok()?;
+    Some(PeerCert {
+        id,
+        not_after,
+        serial,
+    })
 }
 
 #[cfg(test)]

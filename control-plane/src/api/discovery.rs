@@ -51,6 +51,85 @@ impl DiscoveryService {
     pub fn new(shared: Arc<Shared>) -> Self {
         DiscoveryService { shared }
     }
+
+    /// Checks a hello against the certificate that sent it and the address it came
+    /// from; returns the dataplane's kind and its id, which is derived from the
+    /// verified identity and the checked address (never taken from the client).
+    async fn check_hello(
+        &self,
+        peer: &auth::PeerCert,
+        source: Option<std::net::IpAddr>,
+        hello: &Hello,
+    ) -> Result<(DataplaneKind, String), Status> {
+        let kind = DataplaneKind::try_from(hello.kind)
+            .ok()
+            .filter(|k| *k != DataplaneKind::Unspecified)
+            .ok_or_else(|| {
+                Status::invalid_argument("Hello.kind must be SIDECAR, GATEWAY or INGRESS")
+            })?;
+        let td = self.shared.ca.trust_domain().as_str();
+        let id = &peer.id;
+        if id.trust_domain() != td || !kind_matches(id.kind(), kind) || id.name() != hello.name {
+            return Err(Status::permission_denied(format!(
+                "the certificate is for {id}, but the hello claims {} \"{}\" in trust domain {td}; use a token for that identity",
+                kind.segment(),
+                hello.name
+            )));
+        }
+        let revoked = self
+            .shared
+            .store
+            .get_certificate(&peer.serial)
+            .await
+            .map_err(status)?
+            .is_some_and(|c| c.revoked_at != 0);
+        if revoked {
+            return Err(Status::permission_denied(revoked_message(&peer.id)));
+        }
+        validate::address(&hello.address).map_err(Status::invalid_argument)?;
+        validate::region(&hello.region, "--region").map_err(Status::invalid_argument)?;
+        self.shared
+            .advertise
+            .check(&hello.address, source)
+            .await
+            .map_err(Status::invalid_argument)?;
+        let derived = default_id(kind, &hello.name, &hello.address);
+        if !hello.dataplane_id.is_empty() && hello.dataplane_id != derived {
+            return Err(Status::permission_denied(format!(
+                "dataplane ids are derived by the control plane from the certificate and the address (here \"{derived}\"), not chosen by the dataplane; leave Hello.dataplane_id empty"
+            )));
+        }
+        Ok((kind, derived))
+    }
+}
+
+/// Why a revoked dataplane is refused, and what to do.
+pub(crate) fn revoked_message(id: &weft_certs::SpiffeId) -> String {
+    let flag = match id.kind() {
+        IdentityKind::Gateway => "--gateway",
+        IdentityKind::Ingress => "--ingress",
+        _ => "--service",
+    };
+    format!(
+        "this dataplane's certificate was revoked (`weftctl dataplane revoke`); to bring it back, create a new token with `weftctl token create {flag} {}` and start it with that token and an empty --state-dir",
+        id.name()
+    )
+}
+
+/// The first message of a stream, which must be the hello.
+async fn read_hello(inbound: &mut Streaming<DiscoveryRequest>) -> Result<Hello, Status> {
+    match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(DiscoveryRequest {
+            message: Some(In::Hello(h)),
+        }))) => Ok(h),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Status::deadline_exceeded(
+            "no Hello within 10 s of opening the discovery stream",
+        )),
+        _ => Err(Status::invalid_argument(
+            "the first message on the discovery stream must be Hello",
+        )),
+    }
 }
 
 fn kind_matches(cert: &IdentityKind, kind: DataplaneKind) -> bool {
@@ -102,6 +181,11 @@ struct Session {
     kind: DataplaneKind,
     /// Service, gateway or ingress name (as on its certificate).
     name: String,
+    /// The identity and certificate serial the stream was opened with: when the
+    /// serial is revoked, the stream ends at once.
+    peer: auth::PeerCert,
+    /// Snapshots watched for revocation only, whether or not an update is in flight.
+    revocations: watch::Receiver<Arc<Snapshot>>,
     /// Encoded size limit of one message (`usize::MAX`: whole updates only).
     part_bytes: usize,
     inbound: Streaming<DiscoveryRequest>,
@@ -128,62 +212,20 @@ impl Discovery for DiscoveryService {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let Some((peer, cert_expiry)) = auth::peer_identity(&req) else {
+        // Who: the certificate, checked against revocations; where from: the TCP peer.
+        let Some(peer) = auth::peer_identity(&req) else {
             return Err(Status::unauthenticated(
                 "the discovery stream needs the dataplane's mesh certificate on the TLS connection; obtain one with Identity.IssueCertificate and a bootstrap token first",
             ));
         };
+        let source = req.remote_addr().map(|a| a.ip());
         let mut inbound = req.into_inner();
-        let hello: Hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(DiscoveryRequest {
-                message: Some(In::Hello(h)),
-            }))) => h,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(Status::deadline_exceeded(
-                    "no Hello within 10 s of opening the discovery stream",
-                ));
-            }
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message on the discovery stream must be Hello",
-                ));
-            }
-        };
+        let hello = read_hello(&mut inbound).await?;
+        let (kind, id) = self.check_hello(&peer, source, &hello).await?;
         let part_bytes = if hello.accepts_update_parts {
             PART_BYTES
         } else {
             usize::MAX
-        };
-        let kind = DataplaneKind::try_from(hello.kind)
-            .ok()
-            .filter(|k| *k != DataplaneKind::Unspecified)
-            .ok_or_else(|| {
-                Status::invalid_argument("Hello.kind must be SIDECAR, GATEWAY or INGRESS")
-            })?;
-        let td = self.shared.ca.trust_domain().as_str();
-        if peer.trust_domain() != td
-            || !kind_matches(peer.kind(), kind)
-            || peer.name() != hello.name
-        {
-            return Err(Status::permission_denied(format!(
-                "the certificate is for {peer}, but the hello claims {} \"{}\" in trust domain {td}; use a token for that identity",
-                kind.segment(),
-                hello.name
-            )));
-        }
-        validate::address(&hello.address).map_err(Status::invalid_argument)?;
-        validate::region(&hello.region, "--region").map_err(Status::invalid_argument)?;
-        let id = if hello.dataplane_id.is_empty() {
-            default_id(kind, &hello.name, &hello.address)
-        } else {
-            let id = hello.dataplane_id.clone();
-            if id.len() > 253 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(Status::invalid_argument(
-                    "dataplane_id must be at most 253 printable characters without spaces",
-                ));
-            }
-            id
         };
         let shared = self.shared.clone();
         let record = shared
@@ -194,7 +236,8 @@ impl Discovery for DiscoveryService {
                 name: hello.name.clone(),
                 region: hello.region.clone(),
                 address: hello.address.clone(),
-                cert_expiry,
+                cert_expiry: peer.not_after,
+                cert_serial: peer.serial.clone(),
                 now: now_unix(),
             })
             .await
@@ -212,15 +255,18 @@ impl Discovery for DiscoveryService {
         // there: that counts as acknowledged here too.
         let generation = shared
             .registry
-            .connected(&id, cert_expiry, base.unwrap_or(0))
+            .connected(&id, peer.not_after, base.unwrap_or(0))
             .await
             .map_err(status)?;
         tracing::info!(dataplane = %id, region = %hello.region, known = hello.known_version, delta = base.is_some(), parts = part_bytes != usize::MAX, "discovery stream opened");
 
+        let revocations = shared.hub.subscribe();
         let session = Session {
             conn: Connected::new(shared, id, generation),
             kind,
             name: hello.name,
+            peer,
+            revocations,
             part_bytes,
             inbound,
             snapshots,
@@ -278,6 +324,16 @@ impl Session {
                 }
             }
             tokio::select! {
+                changed = self.revocations.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    if self.revocations.borrow_and_update().is_revoked(&self.peer.serial) {
+                        tracing::info!(dataplane = %self.conn.id, serial = %self.peer.serial, "certificate revoked: discovery stream closed");
+                        self.ended = true;
+                        return Some(Err(Status::permission_denied(revoked_message(&self.peer.id))));
+                    }
+                }
                 changed = self.snapshots.changed(), if self.in_flight.is_none() => {
                     if changed.is_err() {
                         return None;

@@ -30,6 +30,9 @@ pub const READ_ONLY: &[&str] = &[
     "GetCa",
     "GetTrafficStats",
     "GetControlPlaneStatus",
+    "ListPermissions",
+    "CheckPermission",
+    "GetMesh",
 ];
 
 /// Admin methods that change something (or hand out secrets): admin token only. Every
@@ -44,6 +47,10 @@ pub const WRITES: &[&str] = &[
     "RevokeToken",
     "RotateCa",
     "RetireCaRoot",
+    "RevokeDataplane",
+    "CreatePermission",
+    "DeletePermission",
+    "SetDefaultPolicy",
 ];
 
 /// Whether `principal` may call the admin method at `path` (`/weft.v1.Admin/<Method>`).

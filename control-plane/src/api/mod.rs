@@ -1,8 +1,10 @@
-//! The gRPC services of the control plane: [`admin`] (operators, behind [`gate`]),
-//! [`discovery`] (one config stream per dataplane) and [`identity`] (CSR signing).
+//! The gRPC services of the control plane: [`admin`] (operators, behind [`gate`]; its
+//! authorization calls in [`authz`]), [`discovery`] (one config stream per dataplane)
+//! and [`identity`] (CSR signing).
 
 pub mod admin;
 pub mod auth;
+pub mod authz;
 pub mod discovery;
 pub mod gate;
 pub mod identity;
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use tonic::Status;
 
+use crate::advertise::AdvertisePolicy;
 use crate::ca::CaManager;
 use crate::hub::ConfigHub;
 use crate::metrics::Metrics;
@@ -39,6 +42,8 @@ pub struct Shared {
     pub store_shown: String,
     /// Checks operators' tokens (admin API) and sessions (dashboard).
     pub auth: Arc<auth::Authenticator>,
+    /// Which addresses dataplanes may announce.
+    pub advertise: AdvertisePolicy,
 }
 
 /// Store errors keep their operator-facing message; backend failures are logged in full

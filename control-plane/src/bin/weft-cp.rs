@@ -51,9 +51,18 @@ struct Args {
     /// Required with a postgres store; every replica uses the same file.
     #[arg(long, value_name = "FILE")]
     ca_key_secret: Option<PathBuf>,
+    /// A network (CIDR, or one address) dataplanes may announce addresses in, besides
+    /// the address their stream comes from (repeatable), e.g. for dataplanes behind NAT.
+    /// Loopback is accepted only when --listen is a loopback address; link-local never.
+    #[arg(long = "allow-advertise", value_name = "CIDR", value_parser = parse_cidr)]
+    allow_advertise: Vec<ipnet::IpNet>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    weft_control_plane::advertise::parse_cidr(s)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -124,6 +133,7 @@ fn main() -> ExitCode {
         dataplane_expiry: args.dataplane_expiry,
         store: args.store,
         ca_key_secret: args.ca_key_secret,
+        allow_advertise: args.allow_advertise,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

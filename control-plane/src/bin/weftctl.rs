@@ -1,5 +1,6 @@
 //! `weftctl`: parse the command line, run it, and turn the outcome into an exit code
-//! (0 ok, 1 runtime error, 2 usage error) and a single `error: ...` line on stderr.
+//! (0 ok, 1 runtime error, 2 usage error, 3 denied by `permission check`) and a single
+//! `error: ...` line on stderr.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -35,7 +36,9 @@ fn main() -> ExitCode {
 }
 
 fn fail(err: &CliError) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "error: {err}");
+    if !err.already_reported() {
+        let _ = writeln!(std::io::stderr(), "error: {err}");
+    }
     exit_code(err.exit_code())
 }
 

@@ -82,6 +82,12 @@ pub enum Command {
     /// The busiest services, refreshed (req/s, success rate, p50/p99); prints once when
     /// stdout is not a terminal
     Top(TopArgs),
+    /// Traffic permissions: which callers may reach which service
+    #[command(subcommand)]
+    Permission(PermissionCmd),
+    /// Mesh-wide settings: the default policy for calls no permission matches
+    #[command(subcommand)]
+    Mesh(MeshCmd),
 }
 
 /// How far back traffic figures go: 10s to 5m (the window the control plane keeps).
@@ -176,6 +182,9 @@ pub enum DataplaneCmd {
     },
     /// Show one dataplane
     Get { id: String },
+    /// End one dataplane's identity now: its certificates are refused by every peer, its
+    /// discovery stream closes, it cannot renew, and its endpoint is removed
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +247,48 @@ pub enum CaCmd {
         /// still hold one are refused by their peers until they renew
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PermissionCmd {
+    /// Allow calls from SRC to DST
+    Allow(RuleArgs),
+    /// Deny calls from SRC to DST (any matching deny wins)
+    Deny(RuleArgs),
+    /// Allow calls from SRC to DST, but log and count them as would-be denials
+    Audit(RuleArgs),
+    /// List permissions
+    List,
+    /// Delete a permission by id
+    Delete { id: String },
+    /// Explain what happens to calls from SRC to DST: allow or deny, and the rule or
+    /// default that decides (exit 0 allow, 3 deny)
+    Check(RuleArgs),
+}
+
+/// Who calls whom, as in a permission.
+#[derive(Debug, Clone, Args)]
+pub struct RuleArgs {
+    /// The caller: a service name, gateway:NAME, or '*' (every service and gateway)
+    #[arg(long, value_name = "SRC")]
+    pub from: String,
+    /// The destination: a service name, or '*' (every service)
+    #[arg(long, value_name = "DST")]
+    pub to: String,
+    /// Only calls to this port of the destination app
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MeshCmd {
+    /// Show the default policy and how many permissions exist
+    Show,
+    /// Set what happens to calls no permission matches
+    SetDefaultPolicy {
+        #[arg(value_name = "allow|deny")]
+        policy: String,
     },
 }
 
@@ -312,6 +363,43 @@ mod tests {
             Ok(Command::Top(TopArgs { interval, limit: 20, .. })) if interval == Duration::from_secs(2)
         ));
         assert!(Cli::try_parse_from(["weftctl", "top", "--limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn permission_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "weftctl",
+            "permission",
+            "deny",
+            "--from",
+            "gateway:edge",
+            "--to",
+            "web",
+            "--port",
+            "8443",
+        ]);
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Command::Permission(PermissionCmd::Deny(RuleArgs { from, to, port: Some(8443) })))
+                if from == "gateway:edge" && to == "web"
+        ));
+        assert!(Cli::try_parse_from(["weftctl", "permission", "allow", "--to", "web"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "weftctl",
+                "permission",
+                "check",
+                "--from",
+                "a",
+                "--to",
+                "b",
+                "--port",
+                "0"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["weftctl", "mesh", "set-default-policy", "deny"]).is_ok());
+        assert!(Cli::try_parse_from(["weftctl", "dataplane", "revoke", "service/web/x:1"]).is_ok());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::args::{
     CaCmd, Command, CpCmd, DataplaneCmd, OutputFormat, RouteCmd, ServiceCmd, TokenCmd,
     TokenCreateArgs,
 };
+use super::authz;
 use super::connect::{AdminConn, ConnectOptions};
 use super::error::CliError;
 use super::output::{Table, duration_text, note, now_unix, print, print_json, time_cell};
@@ -49,6 +50,8 @@ pub fn preflight(command: &Command) -> Result<(), CliError> {
             traffic::window_seconds(*window).map(|_| ())
         }
         Command::Top(args) => traffic::check_top(args),
+        Command::Permission(cmd) => authz::preflight_permission(cmd),
+        Command::Mesh(cmd) => authz::preflight_mesh(cmd),
         _ => Ok(()),
     }
 }
@@ -79,6 +82,8 @@ pub async fn execute(
             )
         }
         Command::Top(args) => traffic::top(client, &|s| opts.explain(s), args).await,
+        Command::Permission(cmd) => authz::permission(client, &out, cmd).await,
+        Command::Mesh(cmd) => authz::mesh(client, &out, cmd).await,
     }
 }
 
@@ -169,21 +174,24 @@ async fn wait_for_switch(
 }
 
 /// The output format plus the connection details needed to explain errors.
-struct Out<'a> {
-    format: OutputFormat,
+pub(super) struct Out<'a> {
+    pub(super) format: OutputFormat,
     opts: &'a ConnectOptions,
 }
 
 impl Out<'_> {
     /// Unwraps a call's answer, explaining a refusal.
-    fn call<T>(&self, result: Result<tonic::Response<T>, Status>) -> Result<T, CliError> {
+    pub(super) fn call<T>(
+        &self,
+        result: Result<tonic::Response<T>, Status>,
+    ) -> Result<T, CliError> {
         result
             .map(tonic::Response::into_inner)
             .map_err(|s| self.opts.explain(&s))
     }
 
     /// Prints text or JSON, building only the one asked for.
-    fn show(
+    pub(super) fn show(
         &self,
         text: impl FnOnce() -> String,
         json: impl FnOnce() -> Value,
@@ -194,7 +202,7 @@ impl Out<'_> {
         }
     }
 
-    fn list(&self, table: Table, items: Vec<Value>) -> Result<(), CliError> {
+    pub(super) fn list(&self, table: Table, items: Vec<Value>) -> Result<(), CliError> {
         self.show(|| table.render(), || Value::Array(items))
     }
 }
@@ -343,6 +351,7 @@ async fn dataplane(
                 || views::dataplane_json(&d, 0),
             )
         }
+        DataplaneCmd::Revoke { id } => authz::revoke_dataplane(client, out, id).await,
     }
 }
 

@@ -17,6 +17,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_RUNTIME: i32 = 1;
 /// Exit code for usage errors (bad flags, bad values, missing credentials).
 pub const EXIT_USAGE: i32 = 2;
+/// Exit code of `permission check` when the call would be denied.
+pub const EXIT_DENIED: i32 = 3;
 
 /// Something `weftctl` could not do. `Display` is the message without the
 /// `error: ` prefix, on one line.
@@ -44,6 +46,10 @@ pub enum CliError {
     /// Any other failure at run time (for example writing the output).
     #[error("{0}")]
     Runtime(String),
+    /// `permission check` answered deny: the answer is already printed; only the exit
+    /// code is left to give.
+    #[error("denied: {0}")]
+    Denied(String),
 }
 
 impl CliError {
@@ -51,8 +57,14 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
+            CliError::Denied(_) => EXIT_DENIED,
             _ => EXIT_RUNTIME,
         }
+    }
+
+    /// Whether the output already said everything (no `error:` line is needed).
+    pub fn already_reported(&self) -> bool {
+        matches!(self, CliError::Denied(_))
     }
 }
 

@@ -2,10 +2,12 @@
 //!
 //! Files, one concern each: [`args`] (syntax), [`options`] (where the URL, token and
 //! CA come from), [`connect`] (the authenticated TLS channel), [`commands`] (what each
-//! command sends), [`views`], [`traffic`] and [`output`] (how results print), [`error`] (messages
+//! command sends; [`authz`] for permissions, the mesh policy and revocation, with their
+//! views), [`views`], [`traffic`] and [`output`] (how results print), [`error`] (messages
 //! and exit codes). [`connect::connect_admin`] is reusable by tests and tools.
 
 pub mod args;
+pub mod authz;
 pub mod commands;
 pub mod connect;
 pub mod error;
@@ -18,7 +20,7 @@ use std::path::Path;
 
 pub use args::{Cli, OutputFormat};
 pub use connect::{AdminConn, BearerAuth, ConnectOptions, connect_admin};
-pub use error::{CliError, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
+pub use error::{CliError, EXIT_DENIED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 pub use options::{EnvValues, resolve};
 
 /// Runs a parsed command line: check the arguments, find the credentials, connect,

@@ -17,12 +17,15 @@ pub mod rules;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use weft_proto::v1::{AppProtocol, Protocol, Route, Service};
+use weft_proto::v1::{
+    AppProtocol, DefaultPolicy, MeshSettings, Permission, Protocol, Route, Service,
+};
 
 pub use model::{
-    CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, Fence,
-    LeaseRecord, Liveness, ReplicaRecord, SessionRecord, StoreMeta, SweepOutcome, TokenKind,
-    TokenRecord, Tombstone, TombstoneKind, route_key, split_route_key,
+    CaRootRecord, CaRootTimes, CertificateRecord, ConfigState, DataplaneRecord,
+    DataplaneRegistration, Fence, LeaseRecord, Liveness, ReplicaRecord, RevokedDataplane,
+    SessionRecord, StoreMeta, SweepOutcome, TokenKind, TokenRecord, Tombstone, TombstoneKind,
+    route_key, split_route_key,
 };
 pub use rules::SweepPolicy;
 
@@ -96,7 +99,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_service(&self, name: &str) -> Result<Service, StoreError>;
     async fn list_services(&self) -> Result<Vec<Service>, StoreError>;
     async fn set_protocol(&self, name: &str, protocol: Protocol) -> Result<Service, StoreError>;
-    /// Fails with `FailedPrecondition` while routes point at the service.
+    /// Fails with `FailedPrecondition` while routes point at the service or
+    /// permissions name it.
     async fn delete_service(&self, name: &str) -> Result<u64, StoreError>;
 
     /// Fails with `NotFound` if the service does not exist.
@@ -106,6 +110,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Registers or refreshes a dataplane. Bumps the revision only when what other
     /// dataplanes see (address, region, health) changed; returns the stored record.
+    /// Fails with `FailedPrecondition` when the id is registered to another identity.
     async fn register_dataplane(
         &self,
         reg: DataplaneRegistration,
@@ -127,6 +132,29 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a dataplane for good (its endpoint gets a tombstone).
     async fn delete_dataplane(&self, id: &str) -> Result<u64, StoreError>;
     async fn list_dataplanes(&self) -> Result<Vec<DataplaneRecord>, StoreError>;
+    /// Revokes every certificate of the dataplane's lineage (the one its stream last
+    /// presented, the ones renewed from it) and removes the dataplane, in one change
+    /// that bumps the revision and the revoked list's revision. `NotFound` for an
+    /// unknown id.
+    async fn revoke_dataplane(&self, id: &str, now: i64) -> Result<RevokedDataplane, StoreError>;
+
+    /// Records a certificate the CA issued (and forgets certificates expired for a day).
+    async fn record_certificate(&self, cert: CertificateRecord, now: i64)
+    -> Result<(), StoreError>;
+    async fn get_certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError>;
+
+    /// Stores a permission (id and creation time chosen by the caller) at a new
+    /// revision. `NotFound` when a service it names does not exist, `AlreadyExists` when a
+    /// permission of the same source, destination and port exists.
+    async fn create_permission(&self, permission: Permission) -> Result<Permission, StoreError>;
+    async fn list_permissions(&self) -> Result<Vec<Permission>, StoreError>;
+    /// Deletes a permission (it gets a tombstone). `NotFound` for an unknown id.
+    async fn delete_permission(&self, id: &str) -> Result<u64, StoreError>;
+    /// The mesh settings (a store that never changed them: default policy unset = allow,
+    /// revision 0).
+    async fn mesh_settings(&self) -> Result<MeshSettings, StoreError>;
+    /// Sets the default policy (bumping the revision only when it changes).
+    async fn set_default_policy(&self, policy: DefaultPolicy) -> Result<MeshSettings, StoreError>;
 
     async fn create_token(&self, token: TokenRecord) -> Result<(), StoreError>;
     async fn get_token(&self, id: &str) -> Result<TokenRecord, StoreError>;

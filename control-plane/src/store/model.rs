@@ -6,7 +6,10 @@
 //! `Unspecified`/`Unknown` variant rather than failing: a row written by a newer
 //! weft-cp must not make an older one unable to read the whole table.
 
-use weft_proto::v1::{AppProtocol, DataplaneKind, Protocol, Route, Service};
+use weft_proto::v1::{
+    AppProtocol, DataplaneKind, MeshSettings, Permission, Protocol, RevokedCertificate, Route,
+    Service,
+};
 
 /// A tombstone: something that existed and was deleted at `revision`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +27,8 @@ pub enum TombstoneKind {
     Route,
     /// Key is the dataplane id.
     Endpoint,
+    /// Key is the permission id.
+    Permission,
 }
 
 impl TombstoneKind {
@@ -33,6 +38,7 @@ impl TombstoneKind {
             TombstoneKind::Service => "service",
             TombstoneKind::Route => "route",
             TombstoneKind::Endpoint => "endpoint",
+            TombstoneKind::Permission => "permission",
         }
     }
 
@@ -42,6 +48,7 @@ impl TombstoneKind {
             "service" => Some(TombstoneKind::Service),
             "route" => Some(TombstoneKind::Route),
             "endpoint" => Some(TombstoneKind::Endpoint),
+            "permission" => Some(TombstoneKind::Permission),
             _ => None,
         }
     }
@@ -71,9 +78,13 @@ pub struct DataplaneRecord {
     pub last_seen: i64,
     pub acked_version: u64,
     pub cert_expiry: i64,
+    /// Serial (lowercase hex) of the certificate its discovery stream last presented;
+    /// what `weftctl dataplane revoke` revokes, with the rest of its lineage.
+    pub cert_serial: String,
 }
 
-/// What a dataplane announces in its hello; stored on every (re)connect.
+/// What a dataplane announces in its hello (with what its certificate says); stored on
+/// every (re)connect.
 #[derive(Clone, Debug)]
 pub struct DataplaneRegistration {
     pub id: String,
@@ -82,6 +93,7 @@ pub struct DataplaneRegistration {
     pub region: String,
     pub address: String,
     pub cert_expiry: i64,
+    pub cert_serial: String,
     pub now: i64,
 }
 
@@ -113,6 +125,35 @@ impl TokenKind {
             v => TokenKind::Bootstrap(kind_from_i64(v)),
         }
     }
+}
+
+/// A certificate the CA issued to a dataplane. Renewals continue a *lineage* (the
+/// serial of the first certificate, issued with a bootstrap token), which is how a
+/// renewal is traced back to the token it started from, and how revoking a dataplane
+/// revokes every certificate it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateRecord {
+    /// Lowercase hex of the serial number.
+    pub serial: String,
+    pub lineage: String,
+    /// The bootstrap token the lineage started with ("" when unknown: a certificate
+    /// issued before certificates were recorded).
+    pub token_id: String,
+    pub kind: DataplaneKind,
+    pub name: String,
+    pub not_after: i64,
+    /// When the lineage was revoked (0 = not revoked).
+    pub revoked_at: i64,
+}
+
+/// What revoking a dataplane did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedDataplane {
+    /// The dataplane as it was registered (it is removed).
+    pub record: DataplaneRecord,
+    /// Every certificate of its lineage that is now refused.
+    pub serials: Vec<String>,
+    pub revision: u64,
 }
 
 /// A token's metadata (the secret itself is never stored).
@@ -158,6 +199,13 @@ pub struct ConfigState {
     pub ca_roots: Vec<CaRootRecord>,
     /// Revision at which the trust bundle last changed.
     pub bundle_revision: u64,
+    pub permissions: Vec<Permission>,
+    /// The default policy and the revision at which it last changed.
+    pub mesh: MeshSettings,
+    /// Revoked certificates (expired ones included; the push layer leaves those out).
+    pub revoked: Vec<RevokedCertificate>,
+    /// Revision at which the revoked list last changed.
+    pub revoked_revision: u64,
 }
 
 /// Identity of the store, created once with it.

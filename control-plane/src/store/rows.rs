@@ -4,12 +4,13 @@
 //! through [`Columns`] (SQLite keeps booleans as integers, PostgreSQL as `boolean`), and
 //! the decoders below turn the columns of the `*_COLS` lists into records.
 
-use weft_proto::v1::{Route, Service};
+use weft_proto::v1::{Permission, Route, Service};
 
 use super::StoreError;
 use super::model::{
-    CaRootRecord, CaRootTimes, DataplaneRecord, ReplicaRecord, SessionRecord, TokenKind,
-    TokenRecord, Tombstone, TombstoneKind, app_protocol_from_i64, kind_from_i64, protocol_from_i64,
+    CaRootRecord, CaRootTimes, CertificateRecord, DataplaneRecord, ReplicaRecord, SessionRecord,
+    TokenKind, TokenRecord, Tombstone, TombstoneKind, app_protocol_from_i64, kind_from_i64,
+    protocol_from_i64,
 };
 
 /// Typed access to the columns of one row, by position.
@@ -53,7 +54,7 @@ pub(crate) fn route(r: &dyn Columns) -> Result<Route, StoreError> {
     })
 }
 
-pub(crate) const DATAPLANE_COLS: &str = "id, kind, name, region, address, healthy, app_protocol, revision, last_seen, acked_version, cert_expiry";
+pub(crate) const DATAPLANE_COLS: &str = "id, kind, name, region, address, healthy, app_protocol, revision, last_seen, acked_version, cert_expiry, cert_serial";
 
 pub(crate) fn dataplane(r: &dyn Columns) -> Result<DataplaneRecord, StoreError> {
     Ok(DataplaneRecord {
@@ -68,6 +69,37 @@ pub(crate) fn dataplane(r: &dyn Columns) -> Result<DataplaneRecord, StoreError> 
         last_seen: r.int(8)?,
         acked_version: r.uint(9)?,
         cert_expiry: r.int(10)?,
+        cert_serial: r.text(11)?,
+    })
+}
+
+pub(crate) const PERMISSION_COLS: &str =
+    "id, source, destination, port, action, revision, created_at";
+
+pub(crate) fn permission(r: &dyn Columns) -> Result<Permission, StoreError> {
+    Ok(Permission {
+        id: r.text(0)?,
+        source: r.text(1)?,
+        destination: r.text(2)?,
+        port: u32::try_from(r.int(3)?).unwrap_or(0),
+        action: i32::try_from(r.int(4)?).unwrap_or(0),
+        revision: r.uint(5)?,
+        created_at: r.int(6)?,
+    })
+}
+
+pub(crate) const CERTIFICATE_COLS: &str =
+    "serial, lineage, token_id, kind, name, not_after, revoked_at";
+
+pub(crate) fn certificate(r: &dyn Columns) -> Result<CertificateRecord, StoreError> {
+    Ok(CertificateRecord {
+        serial: r.text(0)?,
+        lineage: r.text(1)?,
+        token_id: r.text(2)?,
+        kind: kind_from_i64(r.int(3)?),
+        name: r.text(4)?,
+        not_after: r.int(5)?,
+        revoked_at: r.int(6)?,
     })
 }
 

@@ -12,12 +12,16 @@
 //! - a no-op (same protocol, a dataplane reconnecting unchanged, health already as
 //!   asked) does not bump, so it pushes nothing.
 
-use weft_proto::v1::{AppProtocol, Route};
+use weft_proto::v1::{AppProtocol, Permission, Route};
 
 use super::StoreError;
 use super::model::{
     DataplaneRecord, DataplaneRegistration, Fence, ReplicaRecord, SessionRecord, SweepOutcome,
 };
+
+/// How long a certificate is remembered after it expired (then it is forgotten: it can
+/// neither renew nor be presented any more).
+pub(crate) const CERTIFICATE_RETENTION_SECS: i64 = 24 * 3600;
 
 /// How many tombstones are kept; older ones are pruned and raise the delta horizon.
 pub(crate) const MAX_TOMBSTONES: i64 = 10_000;
@@ -64,6 +68,82 @@ pub(crate) fn check_service_unrouted(name: &str, routes: &[String]) -> Result<()
         "service \"{name}\" is the target of gateway routes ({}); delete them first with `weftctl route delete HOST`",
         routes.join(", ")
     )))
+}
+
+/// A service that permissions name cannot be deleted (a rule left behind would come
+/// back to life with a new service of the same name); `ids` are those permissions.
+pub(crate) fn check_service_unreferenced(name: &str, ids: &[String]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::FailedPrecondition(format!(
+        "service \"{name}\" is named by permissions ({}); delete them first with `weftctl permission delete ID`",
+        ids.join(", ")
+    )))
+}
+
+/// The services a permission names (its source when it is a service, its destination
+/// when it is not `*`), which must exist.
+pub(crate) fn permission_services(p: &Permission) -> Vec<&str> {
+    let source = (p.source != "*" && !p.source.contains(':')).then_some(p.source.as_str());
+    let destination = (p.destination != "*").then_some(p.destination.as_str());
+    source.into_iter().chain(destination).collect()
+}
+
+/// A new permission names existing services (`missing`: the first that does not
+/// exist) and a selector no other permission has (`taken_by`: that permission's id and
+/// action).
+pub(crate) fn check_new_permission(
+    p: &Permission,
+    missing: Option<&str>,
+    taken_by: Option<(String, i32)>,
+) -> Result<(), StoreError> {
+    if let Some(name) = missing {
+        return Err(StoreError::NotFound(format!(
+            "service \"{name}\" does not exist; permissions name existing services (create it first with `weftctl service create {name} --protocol <tcp|http|http2|grpc>`, or use '*')"
+        )));
+    }
+    if let Some((id, action)) = taken_by {
+        let action = weft_policy::Action::from_proto(action).map_or("?", |a| a.as_str());
+        let port = if p.port == 0 {
+            String::new()
+        } else {
+            format!(":{}", p.port)
+        };
+        return Err(StoreError::AlreadyExists(format!(
+            "a permission for {} -> {}{port} already exists ({id}, {action}); delete it first with `weftctl permission delete {id}`",
+            p.source, p.destination
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn no_permission(id: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "no permission \"{id}\"; list them with `weftctl permission list`"
+    ))
+}
+
+/// A dataplane id belongs to one identity: registering it for another kind or name is
+/// refused rather than replacing the record (ids are derived from the identity, so this
+/// is a second line of defence).
+pub(crate) fn check_same_identity(
+    existing: Option<&DataplaneRecord>,
+    reg: &DataplaneRegistration,
+) -> Result<(), StoreError> {
+    match existing {
+        Some(old) if old.kind != reg.kind || old.name != reg.name => {
+            Err(StoreError::FailedPrecondition(format!(
+                "dataplane id \"{}\" belongs to {} \"{}\", not {} \"{}\"",
+                reg.id,
+                old.kind.segment(),
+                old.name,
+                reg.kind.segment(),
+                reg.name
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A new route needs an existing target service and a free `(host, path_prefix)`;
@@ -168,6 +248,7 @@ pub(crate) fn registration(
             Registration::Refresh(DataplaneRecord {
                 last_seen: reg.now,
                 cert_expiry: reg.cert_expiry,
+                cert_serial: reg.cert_serial.clone(),
                 ..old
             })
         }

@@ -38,12 +38,14 @@ pub(super) async fn register(
     tx: &impl GenericClient,
     reg: DataplaneRegistration,
 ) -> Result<DataplaneRecord, StoreError> {
-    match rules::registration(find(tx, &reg.id).await?, &reg) {
+    let existing = find(tx, &reg.id).await?;
+    rules::check_same_identity(existing.as_ref(), &reg)?;
+    match rules::registration(existing, &reg) {
         Registration::Refresh(record) => {
             exec(
                 tx,
-                "UPDATE dataplanes SET last_seen = $1, cert_expiry = $2 WHERE id = $3",
-                &[&reg.now, &reg.cert_expiry, &reg.id],
+                "UPDATE dataplanes SET last_seen = $1, cert_expiry = $2, cert_serial = $3 WHERE id = $4",
+                &[&reg.now, &reg.cert_expiry, &reg.cert_serial, &reg.id],
             )
             .await?;
             Ok(record)
@@ -56,12 +58,14 @@ pub(super) async fn register(
             exec(
                 tx,
                 &format!(
-                    "INSERT INTO dataplanes ({DATAPLANE_COLS}) VALUES ($1, $2, $3, $4, $5, TRUE, $6, $7, $8, $9, $10)
-                     ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, name = excluded.name,
+                    // Only the same identity gets here (checked above): the row of another
+                    // identity is never replaced.
+                    "INSERT INTO dataplanes ({DATAPLANE_COLS}) VALUES ($1, $2, $3, $4, $5, TRUE, $6, $7, $8, $9, $10, $11)
+                     ON CONFLICT (id) DO UPDATE SET
                          region = excluded.region, address = excluded.address, healthy = TRUE,
                          app_protocol = excluded.app_protocol, revision = excluded.revision,
                          last_seen = excluded.last_seen, acked_version = excluded.acked_version,
-                         cert_expiry = excluded.cert_expiry"
+                         cert_expiry = excluded.cert_expiry, cert_serial = excluded.cert_serial"
                 ),
                 &[
                     &reg.id,
@@ -74,6 +78,7 @@ pub(super) async fn register(
                     &reg.now,
                     &(acked_version as i64),
                     &reg.cert_expiry,
+                    &reg.cert_serial,
                 ],
             )
             .await?;

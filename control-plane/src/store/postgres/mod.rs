@@ -14,8 +14,10 @@
 //! and revision rules are shared (`store::rules`).
 
 mod ca;
+mod certificates;
 mod dataplanes;
 mod ha;
+mod permissions;
 mod schema;
 mod services;
 mod state;
@@ -28,15 +30,17 @@ use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
-use weft_proto::v1::{AppProtocol, Protocol, Route, Service};
+use weft_proto::v1::{
+    AppProtocol, DefaultPolicy, MeshSettings, Permission, Protocol, Route, Service,
+};
 
 pub use schema::SCHEMA_VERSION;
 
 use super::rows::Columns;
 use super::{
-    CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, Fence,
-    LeaseRecord, Liveness, ReplicaRecord, SessionRecord, Store, StoreError, StoreMeta,
-    SweepOutcome, SweepPolicy, TokenRecord,
+    CaRootRecord, CaRootTimes, CertificateRecord, ConfigState, DataplaneRecord,
+    DataplaneRegistration, Fence, LeaseRecord, Liveness, ReplicaRecord, RevokedDataplane,
+    SessionRecord, Store, StoreError, StoreMeta, SweepOutcome, SweepPolicy, TokenRecord,
 };
 
 /// Channel of the notifications sent by every change that bumps the revision.
@@ -331,6 +335,44 @@ impl Store for PgStore {
 
     async fn list_dataplanes(&self) -> Result<Vec<DataplaneRecord>, StoreError> {
         dataplanes::list(&self.client().await?).await
+    }
+
+    async fn revoke_dataplane(&self, id: &str, now: i64) -> Result<RevokedDataplane, StoreError> {
+        change!(self, |tx| certificates::revoke_dataplane(&tx, id, now)
+            .await)
+    }
+
+    async fn record_certificate(
+        &self,
+        cert: CertificateRecord,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        certificates::record(&self.client().await?, &cert, now).await
+    }
+
+    async fn get_certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
+        certificates::get(&self.client().await?, serial).await
+    }
+
+    async fn create_permission(&self, permission: Permission) -> Result<Permission, StoreError> {
+        change!(self, |tx| permissions::create(&tx, permission).await)
+    }
+
+    async fn list_permissions(&self) -> Result<Vec<Permission>, StoreError> {
+        permissions::list(&self.client().await?).await
+    }
+
+    async fn delete_permission(&self, id: &str) -> Result<u64, StoreError> {
+        change!(self, |tx| permissions::delete(&tx, id).await)
+    }
+
+    async fn mesh_settings(&self) -> Result<MeshSettings, StoreError> {
+        permissions::mesh(&self.client().await?).await
+    }
+
+    async fn set_default_policy(&self, policy: DefaultPolicy) -> Result<MeshSettings, StoreError> {
+        change!(self, |tx| permissions::set_default_policy(&tx, policy)
+            .await)
     }
 
     async fn create_token(&self, token: TokenRecord) -> Result<(), StoreError> {

@@ -7,7 +7,7 @@ use deadpool_postgres::GenericClient;
 use crate::store::StoreError;
 
 /// Schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Key of the advisory lock held while migrating ("weft" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7765_6674;
@@ -110,8 +110,38 @@ CREATE TABLE leader_lease (
 INSERT INTO leader_lease (id, holder, epoch, expires_ms) VALUES (1, '', 0, 0);
 ";
 
+/// Version 3: authorization, as the SQLite store's version 5: traffic permissions, the
+/// mesh default policy (0 = never set = allow) with its revision, the certificates the
+/// CA issued with their lineage, and the serial each dataplane's stream presented.
+const MIGRATION_V3: &str = "
+CREATE TABLE permissions (
+    id          TEXT PRIMARY KEY,
+    source      TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    port        BIGINT NOT NULL,
+    action      BIGINT NOT NULL,
+    revision    BIGINT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    UNIQUE (source, destination, port)
+);
+ALTER TABLE state ADD COLUMN default_policy BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE state ADD COLUMN mesh_revision BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE state ADD COLUMN revoked_revision BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE certificates (
+    serial     TEXT PRIMARY KEY,
+    lineage    TEXT NOT NULL,
+    token_id   TEXT NOT NULL,
+    kind       BIGINT NOT NULL,
+    name       TEXT NOT NULL,
+    not_after  BIGINT NOT NULL,
+    revoked_at BIGINT NOT NULL
+);
+CREATE INDEX certificates_by_lineage ON certificates (lineage);
+ALTER TABLE dataplanes ADD COLUMN cert_serial TEXT NOT NULL DEFAULT '';
+";
+
 /// Every migration, in order: `(version, sql)`.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, MIGRATION_V2)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, MIGRATION_V2), (3, MIGRATION_V3)];
 
 /// Brings the schema to [`SCHEMA_VERSION`]. Refuses a database written by a newer
 /// weft-cp, which may hold data this one would misread.

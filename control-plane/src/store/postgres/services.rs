@@ -20,6 +20,11 @@ async fn find(c: &impl GenericClient, name: &str) -> Result<Option<Service>, Sto
     .await
 }
 
+/// Whether the service exists.
+pub(super) async fn exists(c: &impl GenericClient, name: &str) -> Result<bool, StoreError> {
+    Ok(find(c, name).await?.is_some())
+}
+
 pub(super) async fn get(c: &impl GenericClient, name: &str) -> Result<Service, StoreError> {
     find(c, name).await?.ok_or_else(|| service_not_found(name))
 }
@@ -99,6 +104,14 @@ pub(super) async fn delete(tx: &impl GenericClient, name: &str) -> Result<u64, S
     )
     .await?;
     rules::check_service_unrouted(name, &routes)?;
+    let permissions = all(
+        tx,
+        "SELECT id FROM permissions WHERE source = $1 OR destination = $1 ORDER BY id COLLATE \"C\"",
+        &[&name],
+        |r| r.text(0),
+    )
+    .await?;
+    rules::check_service_unreferenced(name, &permissions)?;
     let rev = bump(tx).await?;
     exec(tx, "DELETE FROM services WHERE name = $1", &[&name]).await?;
     add_tombstone(tx, TombstoneKind::Service, name, rev).await?;

@@ -142,11 +142,11 @@ pub(super) async fn revision(c: &impl GenericClient) -> Result<u64, StoreError> 
 
 /// Everything pushed to dataplanes; the caller runs it in one snapshot.
 pub(super) async fn config_state(tx: &impl GenericClient) -> Result<ConfigState, StoreError> {
-    let (revision, horizon, bundle_revision) = one(
+    let (revision, horizon, bundle_revision, revoked_revision) = one(
         tx,
-        "SELECT revision, tombstone_horizon, bundle_revision FROM state WHERE id = 1",
+        "SELECT revision, tombstone_horizon, bundle_revision, revoked_revision FROM state WHERE id = 1",
         &[],
-        |r| Ok((r.uint(0)?, r.uint(1)?, r.uint(2)?)),
+        |r| Ok((r.uint(0)?, r.uint(1)?, r.uint(2)?, r.uint(3)?)),
     )
     .await?
     .ok_or_else(|| StoreError::Backend("the state row is missing".into()))?;
@@ -197,5 +197,9 @@ pub(super) async fn config_state(tx: &impl GenericClient) -> Result<ConfigState,
         tombstone_horizon: horizon,
         ca_roots,
         bundle_revision,
+        permissions: super::permissions::list(tx).await?,
+        mesh: super::permissions::mesh(tx).await?,
+        revoked: super::certificates::revoked(tx).await?,
+        revoked_revision,
     })
 }

@@ -33,11 +33,13 @@ pub(super) fn register(
     tx: &Transaction<'_>,
     reg: DataplaneRegistration,
 ) -> Result<DataplaneRecord, StoreError> {
-    match rules::registration(find(tx, &reg.id)?, &reg) {
+    let existing = find(tx, &reg.id)?;
+    rules::check_same_identity(existing.as_ref(), &reg)?;
+    match rules::registration(existing, &reg) {
         Registration::Refresh(record) => {
             tx.execute(
-                "UPDATE dataplanes SET last_seen = ?1, cert_expiry = ?2 WHERE id = ?3",
-                params![reg.now, reg.cert_expiry, reg.id],
+                "UPDATE dataplanes SET last_seen = ?1, cert_expiry = ?2, cert_serial = ?3 WHERE id = ?4",
+                params![reg.now, reg.cert_expiry, reg.cert_serial, reg.id],
             )?;
             Ok(record)
         }
@@ -48,7 +50,13 @@ pub(super) fn register(
             let rev = bump(tx)?;
             tx.execute(
                 &format!(
-                    "INSERT OR REPLACE INTO dataplanes ({DATAPLANE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10)"
+                    // Only the same identity gets here (checked above): the row of another
+                    // identity is never replaced.
+                    "INSERT INTO dataplanes ({DATAPLANE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT (id) DO UPDATE SET region = excluded.region, address = excluded.address,
+                         healthy = 1, app_protocol = excluded.app_protocol, revision = excluded.revision,
+                         last_seen = excluded.last_seen, acked_version = excluded.acked_version,
+                         cert_expiry = excluded.cert_expiry, cert_serial = excluded.cert_serial"
                 ),
                 params![
                     reg.id,
@@ -60,7 +68,8 @@ pub(super) fn register(
                     rev as i64,
                     reg.now,
                     acked_version as i64,
-                    reg.cert_expiry
+                    reg.cert_expiry,
+                    reg.cert_serial
                 ],
             )?;
             clear_tombstone(tx, TombstoneKind::Endpoint, &reg.id)?;

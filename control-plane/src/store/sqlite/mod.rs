@@ -4,12 +4,15 @@
 //! The connection lives behind a mutex and every call runs on the blocking pool: SQLite
 //! work (and its fsync) never stalls the async runtime that carries discovery streams.
 //! The SQL of each concern is in its own file ([`services`], [`dataplanes`], [`tokens`],
-//! [`ca`], [`state`] for revisions, tombstones and the pushed snapshot); the checks and
+//! [`ca`], [`permissions`] (and the default policy), [`certificates`] (issued and
+//! revoked), [`state`] for revisions, tombstones and the pushed snapshot); the checks and
 //! revision rules they apply are shared with every backend (`store::rules`).
 
 mod ca;
+mod certificates;
 mod dataplanes;
 mod ha;
+mod permissions;
 mod schema;
 mod services;
 mod state;
@@ -23,15 +26,17 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, Params, Transaction};
-use weft_proto::v1::{AppProtocol, Protocol, Route, Service};
+use weft_proto::v1::{
+    AppProtocol, DefaultPolicy, MeshSettings, Permission, Protocol, Route, Service,
+};
 
 pub use schema::SCHEMA_VERSION;
 
 use super::rows::Columns;
 use super::{
-    CaRootRecord, CaRootTimes, ConfigState, DataplaneRecord, DataplaneRegistration, Fence,
-    LeaseRecord, Liveness, ReplicaRecord, SessionRecord, Store, StoreError, StoreMeta,
-    SweepOutcome, SweepPolicy, TokenRecord,
+    CaRootRecord, CaRootTimes, CertificateRecord, ConfigState, DataplaneRecord,
+    DataplaneRegistration, Fence, LeaseRecord, Liveness, ReplicaRecord, RevokedDataplane,
+    SessionRecord, Store, StoreError, StoreMeta, SweepOutcome, SweepPolicy, TokenRecord,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -244,6 +249,49 @@ impl Store for SqliteStore {
 
     async fn list_dataplanes(&self) -> Result<Vec<DataplaneRecord>, StoreError> {
         self.with(|conn| dataplanes::list(conn)).await
+    }
+
+    async fn revoke_dataplane(&self, id: &str, now: i64) -> Result<RevokedDataplane, StoreError> {
+        let id = id.to_owned();
+        self.tx(move |tx| certificates::revoke_dataplane(tx, &id, now))
+            .await
+    }
+
+    async fn record_certificate(
+        &self,
+        cert: CertificateRecord,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.tx(move |tx| certificates::record(tx, &cert, now))
+            .await
+    }
+
+    async fn get_certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
+        let serial = serial.to_owned();
+        self.with(move |conn| certificates::get(conn, &serial))
+            .await
+    }
+
+    async fn create_permission(&self, permission: Permission) -> Result<Permission, StoreError> {
+        self.tx(move |tx| permissions::create(tx, permission)).await
+    }
+
+    async fn list_permissions(&self) -> Result<Vec<Permission>, StoreError> {
+        self.with(|conn| permissions::list(conn)).await
+    }
+
+    async fn delete_permission(&self, id: &str) -> Result<u64, StoreError> {
+        let id = id.to_owned();
+        self.tx(move |tx| permissions::delete(tx, &id)).await
+    }
+
+    async fn mesh_settings(&self) -> Result<MeshSettings, StoreError> {
+        self.with(|conn| permissions::mesh(conn)).await
+    }
+
+    async fn set_default_policy(&self, policy: DefaultPolicy) -> Result<MeshSettings, StoreError> {
+        self.tx(move |tx| permissions::set_default_policy(tx, policy))
+            .await
     }
 
     async fn create_token(&self, token: TokenRecord) -> Result<(), StoreError> {

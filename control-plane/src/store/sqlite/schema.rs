@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use crate::store::StoreError;
 
 /// Schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE meta (
@@ -116,6 +116,37 @@ CREATE TABLE leader_lease (
 INSERT INTO leader_lease (id, holder, epoch, expires_ms) VALUES (1, '', 0, 0);
 ";
 
+/// Version 5: authorization. Traffic permissions (one per source, destination and
+/// port), the mesh default policy (0 = never set = allow) with its revision, the
+/// certificates the CA issued (so a renewal can be traced to its bootstrap token, and a
+/// dataplane's certificates revoked), and the serial each dataplane's stream presented.
+const MIGRATION_V5: &str = "
+CREATE TABLE permissions (
+    id          TEXT PRIMARY KEY,
+    source      TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    port        INTEGER NOT NULL,
+    action      INTEGER NOT NULL,
+    revision    INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    UNIQUE (source, destination, port)
+);
+ALTER TABLE state ADD COLUMN default_policy INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE state ADD COLUMN mesh_revision INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE state ADD COLUMN revoked_revision INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE certificates (
+    serial     TEXT PRIMARY KEY,
+    lineage    TEXT NOT NULL,
+    token_id   TEXT NOT NULL,
+    kind       INTEGER NOT NULL,
+    name       TEXT NOT NULL,
+    not_after  INTEGER NOT NULL,
+    revoked_at INTEGER NOT NULL
+);
+CREATE INDEX certificates_by_lineage ON certificates (lineage);
+ALTER TABLE dataplanes ADD COLUMN cert_serial TEXT NOT NULL DEFAULT '';
+";
+
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
@@ -130,6 +161,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         (2, MIGRATION_V2),
         (3, MIGRATION_V3),
         (4, MIGRATION_V4),
+        (5, MIGRATION_V5),
     ] {
         if version < target {
             let tx = conn.transaction()?;

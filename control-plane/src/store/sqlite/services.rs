@@ -19,6 +19,11 @@ fn find(conn: &Connection, name: &str) -> Result<Option<Service>, StoreError> {
     )
 }
 
+/// Whether the service exists.
+pub(super) fn exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(find(conn, name)?.is_some())
+}
+
 pub(super) fn get(conn: &Connection, name: &str) -> Result<Service, StoreError> {
     find(conn, name)?.ok_or_else(|| service_not_found(name))
 }
@@ -91,6 +96,13 @@ pub(super) fn delete(tx: &Transaction<'_>, name: &str) -> Result<u64, StoreError
         |r| r.text(0),
     )?;
     rules::check_service_unrouted(name, &routes)?;
+    let permissions = all(
+        tx,
+        "SELECT id FROM permissions WHERE source = ?1 OR destination = ?1 ORDER BY id",
+        [name],
+        |r| r.text(0),
+    )?;
+    rules::check_service_unreferenced(name, &permissions)?;
     let rev = bump(tx)?;
     tx.execute("DELETE FROM services WHERE name = ?1", [name])?;
     add_tombstone(tx, TombstoneKind::Service, name, rev)?;

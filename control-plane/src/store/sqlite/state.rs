@@ -112,11 +112,12 @@ pub(super) fn revision(conn: &Connection) -> Result<u64, StoreError> {
 
 /// Everything pushed to dataplanes; the caller runs it in one read transaction.
 pub(super) fn config_state(tx: &Transaction<'_>) -> Result<ConfigState, StoreError> {
-    let (revision, horizon, bundle_revision): (i64, i64, i64) = tx.query_row(
-        "SELECT revision, tombstone_horizon, bundle_revision FROM state WHERE id = 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let (revision, horizon, bundle_revision, revoked_revision): (i64, i64, i64, i64) = tx
+        .query_row(
+            "SELECT revision, tombstone_horizon, bundle_revision, revoked_revision FROM state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
     let services = all(
         tx,
         &format!("SELECT {SERVICE_COLS} FROM services ORDER BY name"),
@@ -159,5 +160,9 @@ pub(super) fn config_state(tx: &Transaction<'_>) -> Result<ConfigState, StoreErr
         tombstone_horizon: horizon as u64,
         ca_roots,
         bundle_revision: bundle_revision as u64,
+        permissions: super::permissions::list(tx)?,
+        mesh: super::permissions::mesh(tx)?,
+        revoked: super::certificates::revoked(tx)?,
+        revoked_revision: revoked_revision as u64,
     })
 }

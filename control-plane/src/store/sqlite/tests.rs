@@ -118,6 +118,7 @@ async fn a_route_keeps_its_region_preference() {
 async fn dataplane_reconnect_without_change_does_not_bump() {
     let (_d, s) = store();
     let reg = DataplaneRegistration {
+        cert_serial: "01".into(),
         id: "service/web/127.0.0.1:15008".into(),
         kind: DataplaneKind::Sidecar,
         name: "web".into(),
@@ -250,4 +251,175 @@ async fn reopen_keeps_everything() {
     let a = s.get_service("a").await.unwrap();
     assert_eq!(a.protocol, Protocol::Grpc as i32);
     assert_eq!(a.port, 9000);
+}
+
+fn permission(id: &str, source: &str, destination: &str, port: u32) -> weft_proto::v1::Permission {
+    weft_proto::v1::Permission {
+        id: id.into(),
+        source: source.into(),
+        destination: destination.into(),
+        port,
+        action: weft_proto::v1::PermissionAction::Allow as i32,
+        revision: 0,
+        created_at: 1,
+    }
+}
+
+#[tokio::test]
+async fn permissions_are_revisioned_unique_and_name_existing_services() {
+    let (_d, s) = store();
+    s.create_service("web", Protocol::Http, 0, 1).await.unwrap();
+    s.create_service("api", Protocol::Grpc, 0, 1).await.unwrap();
+    let p = s
+        .create_permission(permission("perm-1", "api", "web", 0))
+        .await
+        .unwrap();
+    assert_eq!(p.revision, s.config_state().await.unwrap().revision);
+    // Same selector, any action: refused, naming the rule in the way.
+    let dup = s
+        .create_permission(permission("perm-2", "api", "web", 0))
+        .await;
+    assert!(matches!(dup, Err(StoreError::AlreadyExists(m)) if m.contains("perm-1")));
+    // Another port is another selector; gateways and '*' need no service.
+    s.create_permission(permission("perm-3", "api", "web", 8080))
+        .await
+        .unwrap();
+    s.create_permission(permission("perm-4", "gateway:edge", "*", 0))
+        .await
+        .unwrap();
+    for (source, destination) in [("nope", "web"), ("api", "nope")] {
+        let missing = s
+            .create_permission(permission("perm-9", source, destination, 0))
+            .await;
+        assert!(matches!(missing, Err(StoreError::NotFound(m)) if m.contains("\"nope\"")));
+    }
+    // A service named by permissions cannot be deleted.
+    let blocked = s.delete_service("api").await;
+    assert!(
+        matches!(blocked, Err(StoreError::FailedPrecondition(m)) if m.contains("perm-1") && m.contains("perm-3"))
+    );
+    let del = s.delete_permission("perm-1").await.unwrap();
+    let st = s.config_state().await.unwrap();
+    assert_eq!(st.permissions.len(), 2);
+    assert!(st.tombstones.contains(&Tombstone {
+        kind: TombstoneKind::Permission,
+        key: "perm-1".into(),
+        revision: del
+    }));
+    assert!(matches!(
+        s.delete_permission("perm-1").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_default_policy_starts_unset_and_bumps_only_on_change() {
+    use weft_proto::v1::DefaultPolicy;
+    let (_d, s) = store();
+    let unset = s.mesh_settings().await.unwrap();
+    assert_eq!((unset.default_policy, unset.revision), (0, 0));
+    let deny = s.set_default_policy(DefaultPolicy::Deny).await.unwrap();
+    assert_eq!(deny.default_policy, DefaultPolicy::Deny as i32);
+    assert_eq!(deny.revision, s.config_state().await.unwrap().revision);
+    let again = s.set_default_policy(DefaultPolicy::Deny).await.unwrap();
+    assert_eq!(again.revision, deny.revision);
+    assert_eq!(s.config_state().await.unwrap().mesh, deny);
+}
+
+fn cert(serial: &str, lineage: &str) -> CertificateRecord {
+    CertificateRecord {
+        serial: serial.into(),
+        lineage: lineage.into(),
+        token_id: "tok-1".into(),
+        kind: DataplaneKind::Sidecar,
+        name: "web".into(),
+        not_after: 1_000_000,
+        revoked_at: 0,
+    }
+}
+
+#[tokio::test]
+async fn revoking_a_dataplane_revokes_its_lineage_and_removes_it() {
+    let (_d, s) = store();
+    s.record_certificate(cert("a1", "a1"), 10).await.unwrap();
+    s.record_certificate(cert("a2", "a1"), 10).await.unwrap();
+    s.record_certificate(cert("b1", "b1"), 10).await.unwrap();
+    let reg = DataplaneRegistration {
+        id: "service/web/10.0.0.1:15008".into(),
+        kind: DataplaneKind::Sidecar,
+        name: "web".into(),
+        region: String::new(),
+        address: "10.0.0.1:15008".into(),
+        cert_expiry: 1_000_000,
+        cert_serial: "a2".into(),
+        now: 10,
+    };
+    s.register_dataplane(reg.clone()).await.unwrap();
+    let revoked = s.revoke_dataplane(&reg.id, 20).await.unwrap();
+    assert_eq!(revoked.serials, ["a1", "a2"]);
+    assert_eq!(revoked.record.cert_serial, "a2");
+    let st = s.config_state().await.unwrap();
+    assert_eq!(st.revoked_revision, revoked.revision);
+    assert_eq!(
+        st.revoked
+            .iter()
+            .map(|r| r.serial.as_str())
+            .collect::<Vec<_>>(),
+        ["a1", "a2"]
+    );
+    assert!(st.dataplanes.is_empty());
+    assert_eq!(
+        s.get_certificate("a1").await.unwrap().unwrap().revoked_at,
+        20
+    );
+    assert_eq!(
+        s.get_certificate("b1").await.unwrap().unwrap().revoked_at,
+        0
+    );
+    assert!(matches!(
+        s.revoke_dataplane(&reg.id, 30).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Certificates expired for a day are forgotten when the next one is recorded.
+    s.record_certificate(cert("c1", "c1"), 1_000_000 + 2 * 86_400)
+        .await
+        .unwrap();
+    assert!(s.get_certificate("a1").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_dataplane_id_is_never_taken_over_by_another_identity() {
+    let (_d, s) = store();
+    let web = DataplaneRegistration {
+        id: "shared-id".into(),
+        kind: DataplaneKind::Sidecar,
+        name: "web".into(),
+        region: String::new(),
+        address: "10.0.0.1:15008".into(),
+        cert_expiry: 0,
+        cert_serial: String::new(),
+        now: 1,
+    };
+    s.register_dataplane(web.clone()).await.unwrap();
+    for (kind, name) in [
+        (DataplaneKind::Sidecar, "db"),
+        (DataplaneKind::Ingress, "web"),
+    ] {
+        let other = DataplaneRegistration {
+            kind,
+            name: name.into(),
+            address: "10.0.0.9:15008".into(),
+            ..web.clone()
+        };
+        let refused = s.register_dataplane(other).await;
+        assert!(
+            matches!(refused, Err(StoreError::FailedPrecondition(_))),
+            "{name}"
+        );
+    }
+    let kept = s.list_dataplanes().await.unwrap();
+    assert_eq!(
+        (kept[0].name.as_str(), kept[0].address.as_str()),
+        ("web", "10.0.0.1:15008")
+    );
 }
