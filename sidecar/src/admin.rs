@@ -61,7 +61,7 @@ fn handle(req: &Request<Incoming>, s: &AdminState) -> Response<Full<Bytes>> {
                 s.metrics.encode(),
             )
         }
-        "/ready" => match s.not_ready.borrow().clone() {
+        "/ready" => match s.not_ready.borrow().clone().or_else(|| expired(&s.tls)) {
             None => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             Some(why) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -97,6 +97,19 @@ fn handle(req: &Request<Incoming>, s: &AdminState) -> Response<Full<Bytes>> {
             "not found: try /metrics, /ready, /config or /certs\n".into(),
         ),
     }
+}
+
+/// Why a dataplane whose certificate expired is not ready: peers refuse it.
+fn expired(tls: &crate::tls::MeshTls) -> Option<String> {
+    let not_after = tls.credentials().identity.not_after();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    (not_after <= now).then(|| {
+        format!(
+            "the mesh certificate expired at {not_after} (unix) and was not renewed; the log says why"
+        )
+    })
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {

@@ -65,6 +65,8 @@ pub struct ControlPlane {
     pub http: SocketAddr,
     /// What `--http` binds, when not `http` itself.
     http_bind: Option<SocketAddr>,
+    /// What `--listen` binds (the gRPC address unless started with another).
+    listen: SocketAddr,
     extra: Vec<String>,
     log: PathBuf,
 }
@@ -72,22 +74,41 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts weft-cp with a fresh data dir and waits until it serves.
     pub async fn start(extra: &[&str]) -> Self {
-        Self::start_http_on(None, extra).await
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), None, extra).await
     }
 
     /// Like [`ControlPlane::start`], with `--http` bound to `ip` (e.g. 0.0.0.0, which is
     /// not a loopback address: the dashboard then asks for a login).
     pub async fn start_http_on(ip: Option<std::net::IpAddr>, extra: &[&str]) -> Self {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), ip, extra).await
+    }
+
+    /// Starts weft-cp with its gRPC listener on `ip` (e.g. `0.0.0.0`, a control plane
+    /// not on loopback); clients still reach it at 127.0.0.1.
+    pub async fn start_listening(ip: std::net::IpAddr, extra: &[&str]) -> Self {
+        Self::start_on(ip, None, extra).await
+    }
+
+    /// Starts weft-cp with `--listen` on `listen` and `--http` on `http` (default
+    /// 127.0.0.1), both on free ports; clients reach both at 127.0.0.1.
+    async fn start_on(
+        listen: std::net::IpAddr,
+        http: Option<std::net::IpAddr>,
+        extra: &[&str],
+    ) -> Self {
+        let ip = http;
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("weft-data");
+        let port = free_port();
         let mut cp = ControlPlane {
             child: None,
             data_dir,
             log: tmp.path().join("cp.log"),
             _tmp: Some(tmp),
-            grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            grpc: SocketAddr::from(([127, 0, 0, 1], port)),
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             http_bind: None,
+            listen: SocketAddr::new(listen, port),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         cp.http_bind = ip.map(|ip| SocketAddr::new(ip, cp.http.port()));
@@ -105,7 +126,7 @@ impl ControlPlane {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
-            .arg(self.grpc.to_string())
+            .arg(self.listen.to_string())
             .arg("--http")
             .arg(self.http_bind.unwrap_or(self.http).to_string())
             .args(&self.extra)

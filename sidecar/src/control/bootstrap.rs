@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tonic::Code;
 use tonic::transport::Channel;
 use weft_certs::token::{BootstrapClaims, parse_unverified};
 use weft_certs::{
@@ -38,7 +39,22 @@ impl Issuer for GrpcIssuer {
                 token: self.token.clone(),
             })
             .await
-            .map_err(|s| status_line(&s))?
+            .map_err(|s| {
+                // A refusal (token revoked, dataplane revoked, service deleted) will not
+                // pass by retrying: say so loudly, with the control plane's advice.
+                if self.token.is_empty()
+                    && matches!(
+                        s.code(),
+                        Code::PermissionDenied | Code::FailedPrecondition | Code::Unauthenticated
+                    )
+                {
+                    tracing::error!(
+                        reason = %s.message(),
+                        "the control plane refuses to renew this dataplane's certificate: it stops serving when the certificate expires (/ready then says so); follow the reason to bring it back"
+                    );
+                }
+                status_line(&s)
+            })?
             .into_inner();
         Ok(IssuedPem {
             cert_chain_pem: resp.cert_chain_pem,

@@ -47,7 +47,7 @@ pub(super) fn create(tx: &Transaction<'_>, p: Permission) -> Result<Permission, 
 pub(super) fn list(conn: &Connection) -> Result<Vec<Permission>, StoreError> {
     all(
         conn,
-        &format!("SELECT {PERMISSION_COLS} FROM permissions ORDER BY created_at, id"),
+        &format!("SELECT {PERMISSION_COLS} FROM permissions ORDER BY revision"),
         [],
         rows::permission,
     )
