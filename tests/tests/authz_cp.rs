@@ -10,6 +10,7 @@ use std::time::Duration;
 use tonic::Code;
 use weft_proto::v1::identity_client::IdentityClient;
 use weft_proto::v1::{DataplaneKind, IssueCertificateRequest};
+use weft_tests::postgres::Shared;
 use weft_tests::{ControlPlane, DataplaneIdentity, Subscriber, sidecar_hello};
 
 /// (exit code, stdout, stderr) of weftctl.
@@ -35,7 +36,27 @@ fn created_id(out: &str) -> String {
 
 #[tokio::test]
 async fn permissions_are_managed_and_explained_with_weftctl() {
-    let cp = ControlPlane::start(&[]).await;
+    permissions_flow(&ControlPlane::start(&[]).await).await;
+}
+
+#[tokio::test]
+async fn permissions_default_policy_and_revocation_work_on_postgres_replicas() {
+    let db = Shared::start();
+    let a = db.replica(&[]).await;
+    let b = db.replica(&[]).await;
+    permissions_flow(&a).await;
+    // The other replica explains with the same rules and default.
+    let (code, out, _) = run(
+        &b,
+        &["permission", "check", "--from", "batch", "--to", "web"],
+    );
+    assert_eq!(code, 3, "{out}");
+    renewal_flow(&a).await;
+    // Revoked through one replica, the stream held by the other is closed.
+    revoke_flow(&a, &b).await;
+}
+
+async fn permissions_flow(cp: &ControlPlane) {
     for s in ["web", "frontend", "batch"] {
         cp.weftctl_ok(&["service", "create", s, "--protocol", "http"]);
     }
@@ -46,7 +67,7 @@ async fn permissions_are_managed_and_explained_with_weftctl() {
         "{show}"
     );
     let (code, out, _) = run(
-        &cp,
+        cp,
         &["permission", "check", "--from", "frontend", "--to", "web"],
     );
     assert_eq!(code, 0);
@@ -69,7 +90,7 @@ async fn permissions_are_managed_and_explained_with_weftctl() {
         "8443",
     ]));
     let (code, _, err) = run(
-        &cp,
+        cp,
         &["permission", "allow", "--from", "frontend", "--to", "web"],
     );
     assert_eq!(code, 1);
@@ -80,7 +101,7 @@ async fn permissions_are_managed_and_explained_with_weftctl() {
 
     // Each selector decides what it names; audit is allowed with a note.
     let (code, out, _) = run(
-        &cp,
+        cp,
         &["permission", "check", "--from", "frontend", "--to", "web"],
     );
     assert_eq!(code, 0, "{out}");
@@ -89,7 +110,7 @@ async fn permissions_are_managed_and_explained_with_weftctl() {
         "{out}"
     );
     let (code, out, _) = run(
-        &cp,
+        cp,
         &["permission", "check", "--from", "batch", "--to", "web"],
     );
     assert_eq!(code, 0, "audit is allowed: {out}");
@@ -98,7 +119,7 @@ async fn permissions_are_managed_and_explained_with_weftctl() {
         "{out}"
     );
     let (code, out, err) = run(
-        &cp,
+        cp,
         &[
             "permission",
             "check",
@@ -118,7 +139,7 @@ async fn permissions_are_managed_and_explained_with_weftctl() {
     assert!(err.is_empty(), "the answer is on stdout only: {err}");
     // Without --port the port rule cannot match, and the output says it exists.
     let (code, out, _) = run(
-        &cp,
+        cp,
         &[
             "permission",
             "check",
@@ -140,7 +161,7 @@ async fn permissions_are_managed_and_explained_with_weftctl() {
     let show = cp.weftctl_ok(&["mesh", "set-default-policy", "deny"]);
     assert!(show.contains("DENIED"), "{show}");
     let (code, out, _) = run(
-        &cp,
+        cp,
         &[
             "permission",
             "check",
@@ -173,7 +194,7 @@ async fn permissions_are_managed_and_explained_with_weftctl() {
     );
 
     // A service named by a permission is not deleted from under it.
-    let (code, _, err) = run(&cp, &["service", "delete", "frontend"]);
+    let (code, _, err) = run(cp, &["service", "delete", "frontend"]);
     assert_eq!(code, 1);
     assert!(err.contains(&allow), "{err}");
 }
@@ -333,13 +354,16 @@ async fn token(cp: &ControlPlane, service: &str) -> (String, String) {
 
 #[tokio::test]
 async fn renewal_stops_once_the_token_is_revoked_or_the_service_deleted() {
-    let cp = ControlPlane::start(&[]).await;
-    for s in ["web", "api"] {
+    renewal_flow(&ControlPlane::start(&[]).await).await;
+}
+
+async fn renewal_flow(cp: &ControlPlane) {
+    for s in ["web2", "api"] {
         cp.weftctl_ok(&["service", "create", s, "--protocol", "tcp"]);
     }
-    let (web_token_id, web_token) = token(&cp, "web").await;
+    let (web_token_id, web_token) = token(cp, "web2").await;
     let web = DataplaneIdentity::bootstrap(&cp.url(), &web_token).await;
-    let api = DataplaneIdentity::bootstrap(&cp.url(), &token(&cp, "api").await.1).await;
+    let api = DataplaneIdentity::bootstrap(&cp.url(), &token(cp, "api").await.1).await;
     renew(&web).await.unwrap();
     renew(&api).await.unwrap();
 
@@ -364,17 +388,23 @@ async fn renewal_stops_once_the_token_is_revoked_or_the_service_deleted() {
 #[tokio::test]
 async fn revoking_a_dataplane_ends_its_identity_at_once() {
     let cp = ControlPlane::start(&[]).await;
-    for s in ["web", "client"] {
-        cp.weftctl_ok(&["service", "create", s, "--protocol", "tcp"]);
+    revoke_flow(&cp, &cp).await;
+}
+
+/// Revokes through `admin` a dataplane whose stream is on `serving`.
+async fn revoke_flow(admin: &ControlPlane, serving: &ControlPlane) {
+    let cp = serving;
+    for s in ["rev", "client"] {
+        admin.weftctl_ok(&["service", "create", s, "--protocol", "tcp"]);
     }
-    let web = DataplaneIdentity::bootstrap(&cp.url(), &token(&cp, "web").await.1).await;
+    let web = DataplaneIdentity::bootstrap(&cp.url(), &token(admin, "rev").await.1).await;
     let serial = weft_certs::serial_hex(&web.manager.current().identity.chain()[0]).unwrap();
-    let hello = sidecar_hello("web", "eu", "127.0.0.1:25201");
+    let hello = sidecar_hello("rev", "eu", "127.0.0.1:25201");
     let mut stream = Subscriber::connect(web.channel.clone(), hello.clone())
         .await
         .unwrap();
     stream.next_update(Duration::from_secs(10)).await;
-    let client = DataplaneIdentity::bootstrap(&cp.url(), &token(&cp, "client").await.1).await;
+    let client = DataplaneIdentity::bootstrap(&cp.url(), &token(admin, "client").await.1).await;
     let mut peer = Subscriber::connect(
         client.channel.clone(),
         sidecar_hello("client", "eu", "127.0.0.1:25202"),
@@ -385,9 +415,9 @@ async fn revoking_a_dataplane_ends_its_identity_at_once() {
     assert!(first.revoked.unwrap().certificates.is_empty());
     peer.ack(first.version).await;
 
-    let out = cp.weftctl_ok(&["dataplane", "revoke", "service/web/127.0.0.1:25201"]);
+    let out = admin.weftctl_ok(&["dataplane", "revoke", "service/rev/127.0.0.1:25201"]);
     assert!(
-        out.contains(&serial) && out.contains("weftctl token create --service web"),
+        out.contains(&serial) && out.contains("weftctl token create --service rev"),
         "{out}"
     );
 
@@ -414,9 +444,10 @@ async fn revoking_a_dataplane_ends_its_identity_at_once() {
         .map(|c| c.serial)
         .collect();
     assert_eq!(revoked, [serial]);
-    assert_eq!(update.removed_endpoints, ["service/web/127.0.0.1:25201"]);
+    assert_eq!(update.removed_endpoints, ["service/rev/127.0.0.1:25201"]);
     assert!(
-        !cp.weftctl_ok(&["dataplane", "list"])
-            .contains("service/web/")
+        !admin
+            .weftctl_ok(&["dataplane", "list"])
+            .contains("service/rev/")
     );
 }
