@@ -88,11 +88,15 @@ impl DiscoveryService {
         }
         validate::address(&hello.address).map_err(Status::invalid_argument)?;
         validate::region(&hello.region, "--region").map_err(Status::invalid_argument)?;
-        self.shared
-            .advertise
-            .check(&hello.address, source)
-            .await
-            .map_err(Status::invalid_argument)?;
+        // Others connect to the address of a sidecar (its inbound) or an ingress; a
+        // gateway's is only shown, never dialled, so it is not held to the rule.
+        if kind != DataplaneKind::Gateway {
+            self.shared
+                .advertise
+                .check(&hello.address, source)
+                .await
+                .map_err(Status::invalid_argument)?;
+        }
         let derived = default_id(kind, &hello.name, &hello.address);
         if !hello.dataplane_id.is_empty() && hello.dataplane_id != derived {
             return Err(Status::permission_denied(format!(
