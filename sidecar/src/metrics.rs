@@ -45,8 +45,19 @@ pub struct ProtoPair {
 }
 
 /// Every metric a dataplane exports.
+/// Labels of one authorization decision: the caller as rules name it (`web`,
+/// `gateway:edge`, `ingress:us`: mesh identities, so the set is bounded), the local
+/// service, and `allow`, `deny` or `audit`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub source: String,
+    pub destination: String,
+    pub decision: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub authz: Family<AuthzLabels, Counter>,
     pub connections: Family<ResultLabel, Counter>,
     pub active: Family<DirLabel, Gauge>,
     pub bytes: Family<DirLabel, Counter>,
@@ -93,6 +104,12 @@ impl Metrics {
         let tunnel_pool = Gauge::default();
         let cert_expiry = Gauge::default();
         let config_version = Gauge::default();
+        let authz = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "authz_decisions",
+            "Authorization decisions at the inbound, per tunnel stream or mesh request, by caller, destination and decision (audit: allowed, would have been denied)",
+            authz.clone(),
+        );
         registry.register(
             "connections",
             "Connections by direction (inbound tunnel, outbound listener) and result",
@@ -132,6 +149,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            authz,
             connections,
             active,
             bytes,

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use tokio::sync::watch;
-use weft_certs::{CertError, Credentials, SpiffeId, mesh_client_config, mesh_server_config};
+use weft_certs::{
+    CertError, Credentials, Revocations, SpiffeId, mesh_client_config_with_revocations,
+    mesh_server_config_with_revocations,
+};
 
 /// The two protocols of the inbound port, told apart by ALPN on the mTLS handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,10 +49,13 @@ struct Cache {
     clients: HashMap<(String, MeshAlpn), Arc<rustls::ClientConfig>>,
 }
 
-/// Hands out server and client configs for the current credentials.
+/// Hands out server and client configs for the current credentials. Every config
+/// refuses the peer certificates in [`MeshTls::revoked`] (checked at each handshake, so
+/// a list pushed later applies to configs already built).
 pub struct MeshTls {
     creds: watch::Receiver<Arc<Credentials>>,
     cache: Mutex<Cache>,
+    revoked: Arc<Revocations>,
 }
 
 impl MeshTls {
@@ -57,7 +63,13 @@ impl MeshTls {
         Arc::new(MeshTls {
             creds,
             cache: Mutex::new(Cache::default()),
+            revoked: Revocations::new(),
         })
+    }
+
+    /// The revoked certificates this dataplane refuses (see [`crate::authz::follow_revocations`]).
+    pub fn revoked(&self) -> &Arc<Revocations> {
+        &self.revoked
     }
 
     /// The credentials in effect now.
@@ -89,7 +101,12 @@ impl MeshTls {
                 return Ok(s.clone());
             }
             let alpn = [MeshAlpn::Tunnel.id(), MeshAlpn::Http.id()];
-            let cfg = mesh_server_config(&creds.identity, &creds.bundle, &alpn)?;
+            let cfg = mesh_server_config_with_revocations(
+                &creds.identity,
+                &creds.bundle,
+                &alpn,
+                &self.revoked,
+            )?;
             cache.server = Some(cfg.clone());
             Ok(cfg)
         })
@@ -106,7 +123,13 @@ impl MeshTls {
             if let Some(c) = cache.clients.get(&key) {
                 return Ok(c.clone());
             }
-            let cfg = mesh_client_config(&creds.identity, &creds.bundle, expected, &[alpn.id()])?;
+            let cfg = mesh_client_config_with_revocations(
+                &creds.identity,
+                &creds.bundle,
+                expected,
+                &[alpn.id()],
+                &self.revoked,
+            )?;
             cache.clients.insert(key, cfg.clone());
             Ok(cfg)
         })

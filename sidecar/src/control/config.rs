@@ -117,6 +117,61 @@ pub struct MeshConfig {
     /// Keyed by `host` + path prefix.
     pub routes: BTreeMap<String, RouteEntry>,
     pub trust_bundle_pem: String,
+    /// Traffic permissions keyed by id (sidecars only), checked when applied.
+    #[serde(default)]
+    pub permissions: BTreeMap<String, PermissionEntry>,
+    /// What happens to calls no permission matches.
+    #[serde(default)]
+    pub default_policy: DefaultPolicyEntry,
+    /// Serials of revoked certificates, with when each expires anyway.
+    #[serde(default)]
+    pub revoked: BTreeMap<String, i64>,
+}
+
+/// One permission as held (and shown by `/config`): the canonical text of its parts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermissionEntry {
+    pub source: String,
+    pub destination: String,
+    /// 0 = every port.
+    pub port: u16,
+    pub action: String,
+}
+
+/// The mesh default policy as held: `allow` (a new mesh) or `deny`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultPolicyEntry {
+    #[default]
+    Allow,
+    Deny,
+}
+
+impl From<DefaultPolicyEntry> for weft_policy::DefaultPolicy {
+    fn from(d: DefaultPolicyEntry) -> Self {
+        match d {
+            DefaultPolicyEntry::Allow => weft_policy::DefaultPolicy::Allow,
+            DefaultPolicyEntry::Deny => weft_policy::DefaultPolicy::Deny,
+        }
+    }
+}
+
+impl PermissionEntry {
+    /// The rule, parsed once more (it was checked when the update was applied).
+    fn rule(&self, id: &str) -> Result<weft_policy::Rule, weft_policy::RuleError> {
+        let action = match self.action.as_str() {
+            "deny" => weft_policy::Action::Deny,
+            "audit" => weft_policy::Action::Audit,
+            _ => weft_policy::Action::Allow,
+        };
+        Ok(weft_policy::Rule {
+            id: id.to_owned(),
+            source: weft_policy::Source::parse(&self.source)?,
+            destination: weft_policy::Destination::parse(&self.destination)?,
+            port: (self.port != 0).then_some(self.port),
+            action,
+        })
+    }
 }
 
 /// Why an update cannot apply.
@@ -175,6 +230,14 @@ impl UpdateAssembler {
                 acc.removed_endpoints.extend(part.removed_endpoints);
                 acc.routes.extend(part.routes);
                 acc.removed_routes.extend(part.removed_routes);
+                acc.permissions.extend(part.permissions);
+                acc.removed_permissions.extend(part.removed_permissions);
+                if part.mesh.is_some() {
+                    acc.mesh = part.mesh;
+                }
+                if part.revoked.is_some() {
+                    acc.revoked = part.revoked;
+                }
                 if !part.trust_bundle_pem.is_empty() {
                     acc.trust_bundle_pem = part.trust_bundle_pem;
                 }
@@ -206,6 +269,53 @@ impl MeshConfig {
             .values()
             .find(|e| e.region == region && !e.ingress_address.is_empty())
             .map(|e| e.ingress_address.as_str())
+    }
+
+    /// Every permission and the default policy, as the decision function takes them.
+    pub fn policy(&self) -> weft_policy::Policy {
+        let rules = self
+            .permissions
+            .iter()
+            .filter_map(|(id, p)| p.rule(id).ok());
+        weft_policy::Policy::new(rules, self.default_policy.into())
+    }
+
+    /// Applies the authorization parts of `u` (permissions, default policy, revoked
+    /// certificates) to `next`. A permission that does not parse makes the update
+    /// invalid: better nack it than enforce a different rule set than the control
+    /// plane explains.
+    fn apply_authz(next: &mut MeshConfig, u: &ConfigUpdate) -> Result<(), ApplyError> {
+        for id in &u.removed_permissions {
+            next.permissions.remove(id);
+        }
+        for p in &u.permissions {
+            let rule = weft_policy::Rule::from_proto(p)
+                .map_err(|e| ApplyError::Invalid(format!("permission {}: {e}", p.id)))?;
+            next.permissions.insert(
+                p.id.clone(),
+                PermissionEntry {
+                    source: rule.source.to_string(),
+                    destination: rule.destination.to_string(),
+                    port: rule.port.unwrap_or(0),
+                    action: rule.action.as_str().to_owned(),
+                },
+            );
+        }
+        if let Some(mesh) = &u.mesh {
+            next.default_policy = match weft_policy::DefaultPolicy::from_proto(mesh.default_policy)
+            {
+                weft_policy::DefaultPolicy::Allow => DefaultPolicyEntry::Allow,
+                weft_policy::DefaultPolicy::Deny => DefaultPolicyEntry::Deny,
+            };
+        }
+        if let Some(revoked) = &u.revoked {
+            next.revoked = revoked
+                .certificates
+                .iter()
+                .map(|c| (c.serial.clone(), c.not_after))
+                .collect();
+        }
+        Ok(())
     }
 
     /// Applies `u` to a copy of `self` and returns it.
@@ -299,6 +409,7 @@ impl MeshConfig {
                 },
             );
         }
+        Self::apply_authz(&mut next, u)?;
         if !u.trust_bundle_pem.is_empty() {
             weft_certs::TrustBundle::from_pem(&u.trust_bundle_pem)
                 .map_err(|e| ApplyError::Invalid(format!("trust bundle: {e}")))?;
@@ -466,5 +577,113 @@ mod tests {
         let mut bad = full();
         bad.endpoints[0].address = "nowhere".into();
         assert!(MeshConfig::default().apply(&bad).is_err());
+    }
+}
+
+#[cfg(test)]
+mod authz_tests {
+    use super::*;
+    use weft_proto::v1::{
+        MeshSettings, Permission, PermissionAction, RevokedCertificate, RevokedCertificates,
+    };
+
+    fn permission(id: &str, source: &str, action: PermissionAction) -> Permission {
+        Permission {
+            id: id.into(),
+            source: source.into(),
+            destination: "web".into(),
+            action: action as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn permissions_default_and_revocations_apply_and_drive_the_policy() {
+        let full = ConfigUpdate {
+            version: 3,
+            full: true,
+            control_plane_id: "cp".into(),
+            permissions: vec![
+                permission("perm-1", "frontend", PermissionAction::Allow),
+                permission("perm-2", "*", PermissionAction::Audit),
+            ],
+            mesh: Some(MeshSettings {
+                default_policy: weft_proto::v1::DefaultPolicy::Deny as i32,
+                revision: 2,
+            }),
+            revoked: Some(RevokedCertificates {
+                certificates: vec![RevokedCertificate {
+                    serial: "ab".into(),
+                    not_after: 99,
+                }],
+            }),
+            ..Default::default()
+        };
+        let c = MeshConfig::default().apply(&full).unwrap();
+        assert_eq!(c.default_policy, DefaultPolicyEntry::Deny);
+        assert_eq!(c.revoked.get("ab"), Some(&99));
+        let p = c.policy().for_destination("web", None);
+        use weft_policy::{Caller, Outcome};
+        assert_eq!(
+            p.decide(Caller::Service("frontend")).outcome,
+            Outcome::Allow
+        );
+        assert_eq!(p.decide(Caller::Service("other")).outcome, Outcome::Audit);
+
+        // A delta removes one rule and leaves the default and the list alone.
+        let delta = ConfigUpdate {
+            version: 4,
+            base_version: 3,
+            control_plane_id: "cp".into(),
+            removed_permissions: vec!["perm-2".into()],
+            ..Default::default()
+        };
+        let d = c.apply(&delta).unwrap();
+        assert_eq!(d.permissions.len(), 1);
+        assert_eq!(
+            (d.default_policy, d.revoked.len()),
+            (DefaultPolicyEntry::Deny, 1)
+        );
+        let p = d.policy().for_destination("web", None);
+        assert_eq!(p.decide(Caller::Service("other")).outcome, Outcome::Deny);
+
+        // A rule the sidecar cannot read nacks the whole update.
+        let bad = ConfigUpdate {
+            version: 5,
+            base_version: 4,
+            control_plane_id: "cp".into(),
+            permissions: vec![permission("perm-9", "ingress:us", PermissionAction::Allow)],
+            ..Default::default()
+        };
+        assert!(matches!(d.apply(&bad), Err(ApplyError::Invalid(m)) if m.contains("perm-9")));
+    }
+
+    #[test]
+    fn authorization_parts_are_assembled() {
+        let header = ConfigUpdate {
+            version: 2,
+            full: true,
+            control_plane_id: "cp".into(),
+            more: true,
+            ..Default::default()
+        };
+        let mut asm = UpdateAssembler::default();
+        let first = ConfigUpdate {
+            mesh: Some(MeshSettings::default()),
+            revoked: Some(RevokedCertificates::default()),
+            permissions: vec![permission("perm-1", "a", PermissionAction::Allow)],
+            ..header.clone()
+        };
+        assert_eq!(asm.push(first), Ok(None));
+        let last = ConfigUpdate {
+            permissions: vec![permission("perm-2", "b", PermissionAction::Deny)],
+            removed_permissions: vec!["perm-0".into()],
+            more: false,
+            ..header
+        };
+        let whole = asm.push(last).unwrap().unwrap();
+        assert_eq!(whole.permissions.len(), 2);
+        assert_eq!(whole.removed_permissions, ["perm-0"]);
+        assert!(whole.mesh.is_some() && whole.revoked.is_some());
     }
 }
