@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use weft_policy::address::Reach;
 
 /// How long resolving an announced host name may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,13 +36,6 @@ pub fn parse_cidr(value: &str) -> Result<IpNet, String> {
         .map_err(|_| {
             format!("invalid network \"{value}\": use a CIDR like 10.0.0.0/8 or fd00::/8, or one address")
         })
-}
-
-fn link_local(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-    }
 }
 
 impl AdvertisePolicy {
@@ -86,23 +80,19 @@ impl AdvertisePolicy {
         } else {
             format!("\"{address}\" ({ip})")
         };
-        if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
-            return Err(format!(
-                "advertised address {shown} cannot be connected to; set --advertise to the address other dataplanes reach this one at"
-            ));
-        }
-        if link_local(ip) {
-            return Err(format!(
-                "advertised address {shown} is link-local, which is never accepted (it could reach the ingress host's own metadata services); set --advertise to a routable address"
-            ));
-        }
-        if ip.is_loopback() {
-            if self.single_host {
-                return Ok(());
+        match weft_policy::address::classify(ip) {
+            Reach::Forbidden(why) => {
+                return Err(format!(
+                    "advertised address {shown} {why}, so it is never accepted; set --advertise to the address other dataplanes reach this one at"
+                ));
             }
-            return Err(format!(
-                "advertised address {shown} is a loopback address: other hosts cannot reach it, and an ingress must never splice to its own host; set --advertise to an address other dataplanes reach (or run weft-cp with --listen 127.0.0.1:PORT for a mesh on one host)"
-            ));
+            Reach::Loopback if self.single_host => return Ok(()),
+            Reach::Loopback => {
+                return Err(format!(
+                    "advertised address {shown} is a loopback address: other hosts cannot reach it, and an ingress must never splice to its own host; set --advertise to an address other dataplanes reach (or run weft-cp with --listen 127.0.0.1:PORT for a mesh on one host)"
+                ));
+            }
+            Reach::Routable => {}
         }
         if peer.map(|p| p.to_canonical()) == Some(ip)
             || self.allowed.iter().any(|n| n.contains(&ip))

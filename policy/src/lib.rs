@@ -2,6 +2,8 @@
 //!
 //! - [`rule`]: the syntax of a permission (source, destination, port, action), parsed
 //!   once where it enters (weftctl, the admin API, the config stream);
+//! - [`address`]: which announced addresses the mesh may connect to (the control plane
+//!   at registration, the ingress before splicing);
 //! - [`decide`]: the one decision function, [`Policy::decide`], and its precomputed
 //!   form for one destination, [`DestinationPolicy`], which sidecars consult per stream
 //!   and per request.
@@ -13,6 +15,7 @@
 //! from (`weft-proto`).
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod decide;
 pub mod rule;
 

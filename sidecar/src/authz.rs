@@ -25,6 +25,8 @@ use crate::metrics::{AuthzLabels, Metrics};
 /// The permissions in force for one service.
 pub struct Authz {
     service: String,
+    /// Certificates revoked by the control plane (shared with the mesh TLS configs).
+    revoked: Arc<Revocations>,
     /// This dataplane's trust domain: callers of any other are foreign.
     trust_domain: String,
     table: watch::Receiver<Arc<DestinationPolicy>>,
@@ -49,6 +51,7 @@ impl Authz {
         app_port: u16,
         own: &SpiffeId,
         mut config: watch::Receiver<Arc<MeshConfig>>,
+        revoked: Arc<Revocations>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let owned = service.to_owned();
@@ -80,27 +83,34 @@ impl Authz {
         });
         Arc::new(Authz {
             service: service.to_owned(),
+            revoked,
             trust_domain: own.trust_domain().to_owned(),
             table,
             metrics,
         })
     }
 
-    /// Whether `caller` may reach this service now: counted, logged when denied or
-    /// audited, and refused with `WEFT-10` (403, gRPC 7) naming the deciding rule.
-    pub fn admit(&self, caller: &SpiffeId) -> Result<(), Rejection> {
+    /// Whether `caller`, on a connection opened with the certificate of `serial`, may
+    /// reach this service now: counted, logged when denied or audited, and refused with
+    /// `WEFT-10` (403, gRPC 7) naming the deciding rule.
+    pub fn admit(&self, caller: &SpiffeId, serial: &str) -> Result<(), Rejection> {
         let who = Caller::of(caller, &self.trust_domain);
+        if self.revoked.is_revoked(serial) {
+            let source = who.label();
+            self.count(&source, "deny");
+            tracing::info!(target: "weft::authz", decision = "deny", source = %source, destination = %self.service, serial, "certificate revoked");
+            return Err(Rejection::new(
+                MeshError::PermissionDenied,
+                format!(
+                    "{source} may not call {}: its certificate was revoked",
+                    self.service
+                ),
+            ));
+        }
         let table = self.table.borrow();
         let decision = table.decide(who);
         let source = who.label();
-        self.metrics
-            .authz
-            .get_or_create(&AuthzLabels {
-                source: source.clone(),
-                destination: self.service.clone(),
-                decision: decision.outcome.as_str(),
-            })
-            .inc();
+        self.count(&source, decision.outcome.as_str());
         match decision.outcome {
             Outcome::Allow => Ok(()),
             Outcome::Audit => {
@@ -116,6 +126,19 @@ impl Authz {
                 ))
             }
         }
+    }
+}
+
+impl Authz {
+    fn count(&self, source: &str, decision: &'static str) {
+        self.metrics
+            .authz
+            .get_or_create(&AuthzLabels {
+                source: source.to_owned(),
+                destination: self.service.clone(),
+                decision,
+            })
+            .inc();
     }
 }
 

@@ -167,6 +167,7 @@ impl Dataplane {
         } = self;
         tokio::spawn(client.run());
         spawn_bundle_sync(config.clone(), manager);
+        crate::authz::follow_revocations(config.clone(), tls.revoked().clone());
         tokio::spawn(admin::serve(
             admin,
             Arc::new(AdminState {

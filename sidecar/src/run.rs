@@ -116,6 +116,14 @@ pub async fn run(
     );
     let _ = outbound_cell.set(outbound.clone());
 
+    let authz = crate::authz::Authz::new(
+        &cfg.service,
+        cfg.app.port(),
+        dp.manager.spiffe_id(),
+        dp.config.clone(),
+        dp.tls.revoked().clone(),
+        metrics.clone(),
+    );
     let app_refused = Arc::new(tokio::sync::Notify::new());
     let delivery = Delivery {
         service: cfg.service.clone(),
@@ -123,6 +131,7 @@ pub async fn run(
         config: dp.config.clone(),
         apps: AppClients::new(cfg.app, app_refused.clone()),
         metrics: metrics.clone(),
+        authz,
     };
     serve_inbound(&cfg, inbound_listener, &dp, delivery, drain);
 

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Caller, Delivery, app};
 use crate::control::config::Selector;
-use crate::errors::Respond;
+use crate::errors::{Rejection, Respond};
 use crate::http::limits;
 use crate::serve::{self, Drain};
 use crate::traffic::OpenConnection;
@@ -46,6 +46,31 @@ pub async fn serve_translated<T>(
         tracing::debug!(error = %e, "translated connection ended with an error");
     }
     drop(conn);
+}
+
+/// Answers every request of a tunnel stream whose caller was refused with that
+/// refusal (403 `WEFT-10`, or gRPC status 7 Trailers-Only, naming the rule), so an HTTP
+/// client learns why instead of seeing its connection drop. The app is never dialled.
+pub async fn serve_refusal<T>(io: T, client_h2: bool, denied: Rejection)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let denied = Arc::new(denied);
+    let svc = hyper::service::service_fn(move |req| {
+        let denied = denied.clone();
+        async move { Ok::<_, Infallible>(Respond::to(&req).reject(&denied)) }
+    });
+    let io = TokioIo::new(io);
+    let r = if client_h2 {
+        limits::mesh_h2_server().serve_connection(io, svc).await
+    } else {
+        limits::h1_server(limits::FIRST_BYTES_TIMEOUT)
+            .serve_connection(io, svc)
+            .await
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "refused connection ended with an error");
+    }
 }
 
 /// Serves a mesh HTTP connection from `caller` (a gateway): every request is admitted

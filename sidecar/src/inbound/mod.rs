@@ -34,6 +34,9 @@ use app::AppClients;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub id: SpiffeId,
+    /// Serial (lowercase hex) of the certificate the connection was opened with: a
+    /// connection opened before that certificate was revoked gets no new stream.
+    pub serial: String,
 }
 
 impl std::fmt::Display for Caller {
@@ -52,6 +55,8 @@ pub struct Delivery {
     pub config: watch::Receiver<Arc<MeshConfig>>,
     pub apps: AppClients,
     pub metrics: Arc<Metrics>,
+    /// The traffic permissions of this service.
+    pub authz: Arc<crate::authz::Authz>,
 }
 
 impl Delivery {
@@ -63,11 +68,9 @@ impl Delivery {
     /// Whether `caller` may reach this service. The one place an inbound decides it:
     /// every tunnel stream and every request of a mesh HTTP connection pass here, and
     /// a refusal is a `PermissionDenied` rejection (403 `WEFT-10`, gRPC 7; a tunnel
-    /// stream is refused before any byte reaches the app). Every verified mesh
-    /// identity is admitted until permissions exist.
+    /// stream is refused before any byte reaches the app). See [`crate::authz`].
     pub fn admit(&self, caller: &Caller) -> Result<(), Rejection> {
-        let _ = caller;
-        Ok(())
+        self.authz.admit(&caller.id, &caller.serial)
     }
 
     /// The traffic counters of `caller`'s calls to this service: looked up once per
@@ -77,6 +80,23 @@ impl Delivery {
             .traffic
             .pair(&self.service, source_of(&caller.id))
     }
+}
+
+/// Answers a tunnel stream whose caller was refused, for an HTTP `selector`: each
+/// request gets the refusal as an HTTP (or gRPC) error. Nothing reaches the app.
+pub async fn refuse<T>(mut tunnel: T, denied: Rejection)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client_h2, peeked) = match detect::sniff(&mut tunnel).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(error = %e, "refused tunnel stream ended before the first request");
+            return;
+        }
+    };
+    let io = detect::Rewind::new(peeked, tunnel);
+    http::serve_refusal(io, client_h2, denied).await;
 }
 
 /// Delivers one tunnel stream, already connected to the app, per `selector`; `conn`

@@ -69,6 +69,28 @@ fn next_hop(
     }
 }
 
+/// The addresses of `target` (`host:port`, resolved here) if the ingress may splice
+/// there: the control plane already refuses such announced addresses, but a name may
+/// resolve differently here, so the ingress checks again. With `single_host` (the
+/// ingress itself listens on loopback: a mesh on one host) loopback is allowed.
+async fn splice_targets(target: &str, single_host: bool) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target)
+        .await
+        .map_err(|e| format!("does not resolve: {e}"))?
+        .collect();
+    match addrs
+        .iter()
+        .find(|a| !weft_policy::address::may_connect(a.ip(), single_host))
+    {
+        Some(bad) => Err(format!(
+            "resolves to {}, where an ingress never splices",
+            bad.ip()
+        )),
+        None if addrs.is_empty() => Err("does not resolve".into()),
+        None => Ok(addrs),
+    }
+}
+
 /// Routes one connection by its SNI: to a dataplane of `region`, or to the ingress of
 /// the dataplane's region.
 async fn handle(
@@ -76,6 +98,7 @@ async fn handle(
     config: watch::Receiver<Arc<MeshConfig>>,
     region: Arc<str>,
     own_address: Arc<str>,
+    single_host: bool,
     metrics: Arc<Metrics>,
 ) {
     let mut buf = Vec::with_capacity(2048);
@@ -110,8 +133,16 @@ async fn handle(
         count(&metrics, "unknown_sni");
         return;
     };
+    let addrs = match splice_targets(&target, single_host).await {
+        Ok(addrs) => addrs,
+        Err(why) => {
+            tracing::warn!(sni = %name, %target, why, "refused: the announced address is not one the mesh connects to");
+            count(&metrics, "refused_target");
+            return;
+        }
+    };
     let mut upstream =
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&target)).await {
+        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addrs[..])).await {
             Ok(Ok(s)) => s,
             _ => {
                 tracing::warn!(sni = %name, %target, "next hop unreachable");
@@ -163,6 +194,7 @@ pub async fn run(
     let own_address: Arc<str> = advertise.as_str().into();
     let (drainer, drain) = Drainer::new();
     let m = metrics.clone();
+    let single_host = cfg.listen.ip().is_loopback();
     tokio::spawn(serve::accept(
         Listener {
             listener,
@@ -177,6 +209,7 @@ pub async fn run(
                 config.clone(),
                 region.clone(),
                 own_address.clone(),
+                single_host,
                 m.clone(),
             )
         },
@@ -240,6 +273,21 @@ mod tests {
         assert_eq!(
             next_hop(&c, "us-1.web.weft", "eu", "us-ingress:15009"),
             None
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ingress_never_splices_to_its_own_host_or_link_local() {
+        assert!(splice_targets("127.0.0.1:6379", false).await.is_err());
+        assert!(splice_targets("localhost:6379", false).await.is_err());
+        assert!(splice_targets("127.0.0.1:6379", true).await.is_ok());
+        let err = splice_targets("169.254.169.254:80", true)
+            .await
+            .unwrap_err();
+        assert!(err.contains("169.254.169.254"), "{err}");
+        assert_eq!(
+            splice_targets("10.1.2.3:15008", false).await.unwrap(),
+            ["10.1.2.3:15008".parse::<SocketAddr>().unwrap()]
         );
     }
 }

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use super::io::H2Io;
 use super::{CONNECT_TIMEOUT, CONNECTION_WINDOW, MAX_FRAME, MAX_STREAMS, STREAM_WINDOW};
-use crate::inbound::{Caller, Delivery, deliver, http::serve_mesh};
+use crate::inbound::{Caller, Delivery, deliver, http::serve_mesh, refuse};
 use crate::metrics::{ActiveGuard, ResultLabel};
 use crate::serve::Drain;
 use crate::tls::{MeshAlpn, MeshTls};
@@ -67,20 +67,22 @@ pub async fn connection(inbound: Arc<Inbound>, tcp: TcpStream, peer: SocketAddr,
             return;
         }
     };
-    let (session, alpn) = {
+    let (session, serial, alpn) = {
         let s = tls.get_ref().1;
+        let leaf = s.peer_certificates().and_then(|c| c.first());
         (
             weft_certs::peer_spiffe_id(s.peer_certificates()),
+            leaf.and_then(|l| weft_certs::serial_hex(l).ok()),
             MeshAlpn::of(s.alpn_protocol()),
         )
     };
     // The verifier accepted exactly one SPIFFE id; a peer without one never gets here.
-    let (Some(id), Some(alpn)) = (session, alpn) else {
+    let (Some(id), Some(serial), Some(alpn)) = (session, serial, alpn) else {
         count("tls_refused");
         tracing::info!(%peer, "inbound connection without a SPIFFE id or a known ALPN refused");
         return;
     };
-    let caller = Caller { id };
+    let caller = Caller { id, serial };
     count("accepted");
     let _active = ActiveGuard::new(&metrics, "inbound");
     tracing::debug!(%peer, %caller, ?alpn, "inbound connection");
@@ -160,14 +162,23 @@ async fn stream(
         answer(&mut respond, StatusCode::MISDIRECTED_REQUEST);
         return;
     }
+    // New streams use the selector (and permissions) in force now; open ones keep theirs.
+    let selector = d.selector();
     if let Err(denied) = d.admit(caller) {
-        // Refused before the app is even dialled: no byte reaches it.
+        // Refused before the app is even dialled: no byte reaches it. A raw stream is
+        // refused outright (the caller closes its client's connection); an HTTP client
+        // is told why, request by request.
         tracing::info!(%caller, service = %d.service, reason = %denied, "tunnel stream refused");
-        answer(&mut respond, denied.error.status());
+        if !selector.is_http() {
+            answer(&mut respond, denied.error.status());
+            return;
+        }
+        let Ok(send) = respond.send_response(Response::new(()), false) else {
+            return;
+        };
+        refuse(H2Io::new(send, req.into_body()), denied).await;
         return;
     }
-    // New streams use the selector in force now; open ones keep theirs.
-    let selector = d.selector();
     let app = match tokio::time::timeout(CONNECT_TIMEOUT, d.apps.connect()).await {
         Ok(Ok(app)) => app,
         Ok(Err(e)) => {
