@@ -924,18 +924,29 @@ pub struct Ingress {
     pub proc: Proc,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// Its `--state-dir` (certificate, key, bundle, config).
+    pub state_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Ingress {
     /// Starts the ingress of `region` (not waiting: it serves once it has a config).
     pub async fn start(cp: &ControlPlane, region: &str) -> Ingress {
+        Self::start_listening(cp, region, std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Starts the ingress of `region` listening on `ip` (e.g. `0.0.0.0`: not a mesh on
+    /// one host), announcing 127.0.0.1 and its port.
+    pub async fn start_listening(cp: &ControlPlane, region: &str, ip: std::net::IpAddr) -> Ingress {
         let token = cp
             .token_for(DataplaneKind::Ingress, &format!("{region}-ingress"))
             .await;
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let port = free_port();
+        let listen = SocketAddr::new(ip, port);
+        let advertise = SocketAddr::from(([127, 0, 0, 1], port));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
         let proc = Proc::spawn(
             bin("weft-sidecar"),
             [
@@ -948,8 +959,12 @@ impl Ingress {
                 region,
                 "--listen",
                 &listen.to_string(),
+                "--advertise",
+                &advertise.to_string(),
                 "--admin",
                 &admin.to_string(),
+                "--state-dir",
+                &state_dir.display().to_string(),
             ]
             .iter()
             .map(|s| s.to_string())
@@ -958,8 +973,9 @@ impl Ingress {
         );
         Ingress {
             proc,
-            listen,
+            listen: advertise,
             admin,
+            state_dir,
             _dir: dir,
         }
     }
