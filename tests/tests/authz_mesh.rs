@@ -79,7 +79,7 @@ async fn every_selector_allows_denies_and_audits_through_sidecars_and_the_gatewa
     }
     let via = |sc: &Sidecar| {
         let url = format!("http://{}/", sc.outbound(port));
-        move || get(&[url.clone()])
+        move || get(std::slice::from_ref(&url))
     };
     let via_gw = || get(&gw.plain("web.example.com", "/"));
     let code = "weft-error-code: WEFT-10";
@@ -537,7 +537,7 @@ async fn a_revoked_dataplane_is_refused_by_its_peers_at_once() {
     client.wait_endpoints("web", 1).await;
     let via = {
         let url = format!("http://{}/", client.outbound(port));
-        move || get(&[url.clone()])
+        move || get(std::slice::from_ref(&url))
     };
     expect("before", via.clone(), 200, &[]).await;
     let id = format!("service/client/{}", client.inbound);
