@@ -547,3 +547,38 @@ async fn a_revoked_dataplane_is_refused_by_its_peers_at_once() {
     let log = client.proc.log_text();
     assert!(log.contains("revoked"), "{log}");
 }
+
+#[tokio::test]
+async fn a_sidecar_whose_token_was_revoked_says_why_and_stops_being_ready_at_expiry() {
+    let cp = ControlPlane::start(&["--cert-ttl", "20s"]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    let created = cp
+        .admin()
+        .await
+        .create_token(weft_proto::v1::CreateTokenRequest {
+            kind: DataplaneKind::Sidecar as i32,
+            name: "web".into(),
+            ttl_seconds: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let app = weft_tests::App::start("h1", "web").await;
+    let sc = Sidecar::start_with(cp.url(), &created.token, "web", app.addr, "eu", &[]).await;
+    cp.weftctl_ok(&["token", "revoke", &created.info.unwrap().id]);
+
+    // The renewal at ~70% of 20 s is refused; the sidecar says why and what to do.
+    eventually(Duration::from_secs(40), || async {
+        let log = sc.proc.log_text();
+        (log.contains("refuses to renew") && log.contains("weftctl token create --service web"))
+            .then_some(())
+    })
+    .await;
+    // Once the certificate has expired, it is no longer ready, and says so.
+    eventually(Duration::from_secs(40), || async {
+        let r = weft_tests::http_get(sc.admin, "/ready").await.ok()?;
+        (r.starts_with("HTTP/1.1 503") && r.contains("expired")).then_some(())
+    })
+    .await;
+}
