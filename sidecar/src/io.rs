@@ -82,15 +82,32 @@ impl Activity {
     }
 }
 
-/// `inner`, with every read and write recorded in `activity`.
+/// `inner`, with every read (and, unless made with [`Tracked::reads`], every write)
+/// recorded in `activity`.
 pub struct Tracked<T> {
     inner: T,
     activity: Activity,
+    writes: bool,
 }
 
 impl<T> Tracked<T> {
+    /// Bytes moving either way count.
     pub fn new(inner: T, activity: Activity) -> Self {
-        Tracked { inner, activity }
+        Tracked {
+            inner,
+            activity,
+            writes: true,
+        }
+    }
+
+    /// Only bytes that arrive count: `activity` then tells when the peer was last
+    /// heard from, whatever this side keeps sending into a dead path.
+    pub fn reads(inner: T, activity: Activity) -> Self {
+        Tracked {
+            inner,
+            activity,
+            writes: false,
+        }
     }
 }
 
@@ -116,7 +133,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+        if self.writes && matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
         }
         r
@@ -130,7 +147,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+        if self.writes && matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
         }
         r

@@ -22,6 +22,7 @@ pub mod inbound;
 pub mod ingress;
 pub mod io;
 pub mod metrics;
+pub mod net;
 pub mod outbound;
 pub mod probe;
 pub mod run;

@@ -103,12 +103,13 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let dp = Dataplane::start(&cfg.common, admin, metrics.clone(), hello, Some(validator)).await?;
 
-    let pool = TunnelPool::new(dp.tls.clone());
+    let balancer = Balancer::new(&cfg.common.region);
+    let pool = TunnelPool::new(dp.tls.clone(), balancer.clone());
     let (drainer, drain) = Drainer::new();
     let outbound = Outbound::new(
         cfg.outbound_ip,
         pool.clone(),
-        Balancer::new(&cfg.common.region),
+        balancer,
         dp.config.clone(),
         metrics.clone(),
         drain.clone(),

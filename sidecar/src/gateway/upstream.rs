@@ -9,7 +9,9 @@
 //! beyond that, requests wait in a queue of [`ENDPOINT_QUEUE`] and then get 503
 //! `WEFT-11` (or go to another endpoint). The connections' windows cover all their
 //! streams ([`crate::http::limits`]), so a public client that stops reading holds its
-//! own streams' windows and never slows another client's streams.
+//! own streams' windows and never slows another client's streams. Connections are
+//! pinged when quiet (see [`limits::mesh_h2_client`]); one that fails with a request
+//! on it gets its endpoint ejected until a probe reaches it again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -167,20 +169,38 @@ impl Endpoint {
         }
         let conn = open(tls, target).await?;
         let stream = conn.take();
-        {
-            let mut conns = self.conns.write();
-            conns.retain(|c| !c.sender.is_closed());
-            if conns.len() >= CONNS_PER_ENDPOINT {
-                // Every connection is busy: the new one replaces the busiest. (The slots
-                // bound the streams, so this only happens while one is closing.)
-                conns.sort_by_key(|c| c.streams.load(Ordering::Relaxed));
-                conns.pop();
-            }
-            conns.push(conn);
-        }
+        self.add(conn);
         stream.ok_or_else(|| TunnelError::Timeout {
             addr: target.address.clone(),
         })
+    }
+
+    fn add(&self, conn: Conn) {
+        let mut conns = self.conns.write();
+        conns.retain(|c| !c.sender.is_closed());
+        if conns.len() >= CONNS_PER_ENDPOINT {
+            // Every connection is busy: the new one replaces the busiest. (The slots
+            // bound the streams, so this only happens while one is closing.)
+            conns.sort_by_key(|c| c.streams.load(Ordering::Relaxed));
+            conns.pop();
+        }
+        conns.push(conn);
+    }
+
+    /// A probe: whether a connection to the endpoint is open, or opens now (and is
+    /// kept for the requests to come).
+    async fn reachable(&self, tls: &MeshTls) -> bool {
+        if self.conns.read().iter().any(|c| !c.sender.is_closed()) {
+            return true;
+        }
+        let _opening = self.connecting.lock().await;
+        match open(tls, &self.target).await {
+            Ok(conn) => {
+                self.add(conn);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Forgets a connection that refused a stream (it is closing).
@@ -238,9 +258,10 @@ impl Upstreams {
 
     /// Sends `req` to an endpoint of `service`, in `prefer_region` first when the route
     /// names one (the endpoint retry loop: [`Attempts`]). A request that was not sent
-    /// (no connection, a connection closing) goes to another endpoint, and so does a
-    /// request without a body that an endpoint answered with "my app is not accepting
-    /// connections" (nothing reached the app).
+    /// (no connection, a connection closing) goes to another endpoint (or, within the
+    /// retry budget, to the same one again), and so does a request without a body that
+    /// an endpoint answered with "my app is not accepting connections" (nothing reached
+    /// the app).
     pub async fn send(
         &self,
         config: &MeshConfig,
@@ -253,7 +274,7 @@ impl Upstreams {
         let mut unavailable = None;
         let mut last = None;
         let mut attempts = Attempts::new(&self.balancer, config, service, prefer_region);
-        while let Some(ep) = attempts.next() {
+        while let Some(ep) = attempts.next().await {
             let (endpoint, mut sender, hold) = match self.stream_to(ep, service).await {
                 Ok(s) => s,
                 Err(Unsent::Busy(busy)) => {
@@ -266,8 +287,10 @@ impl Upstreams {
                     continue;
                 }
                 Err(Unsent::Unreachable(e)) => {
-                    tracing::warn!(service, endpoint = %ep.address, error = %e, "endpoint failed; trying another");
-                    attempts.refused(ep);
+                    tracing::warn!(service, endpoint = %ep.address, error = %e, "endpoint unreachable; trying another");
+                    if attempts.unreachable(ep) {
+                        self.probe(ep, service);
+                    }
                     continue;
                 }
             };
@@ -301,6 +324,11 @@ impl Upstreams {
                     }
                     None => {
                         tracing::info!(service, endpoint = %ep.address, error = %e.error(), "upstream failed");
+                        // Its connection died under it: keep new requests away until
+                        // a probe reaches it again.
+                        if sender.is_closed() && attempts.unreachable(ep) {
+                            self.probe(ep, service);
+                        }
                         return Err(Rejection::new(
                             MeshError::UpstreamFailed,
                             format!("service {service} failed: {}", e.error()),
@@ -344,9 +372,19 @@ impl Upstreams {
         Ok((endpoint, sender, hold))
     }
 
+    /// Probes an unreachable endpoint until a connection to it opens.
+    fn probe(&self, ep: &EndpointEntry, service: &str) {
+        let (endpoint, tls) = (self.endpoint(ep, service), self.tls.clone());
+        tokio::spawn(self.balancer.clone().probe(ep.address.clone(), move || {
+            let (endpoint, tls) = (endpoint.clone(), tls.clone());
+            async move { endpoint.reachable(&tls).await }
+        }));
+    }
+
     /// Drops the connections of endpoints no longer in the config (their open streams
-    /// finish first).
+    /// finish first), and lets the balancer follow the config.
     pub fn retain(&self, config: &MeshConfig) {
+        self.balancer.follow(config);
         self.endpoints
             .retain(|id, _| config.endpoints.contains_key(&*id.0));
     }

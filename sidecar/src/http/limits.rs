@@ -117,9 +117,12 @@ pub fn mesh_h2_client() -> hyper::client::conn::http2::Builder<TokioExecutor> {
         .initial_stream_window_size(MESH_STREAM_WINDOW)
         .initial_connection_window_size(MESH_CONNECTION_WINDOW)
         .max_header_list_size((MAX_HEADER_BYTES + HYPER_HEADER_SLACK) as u32)
-        // Dead mesh connections are found by PING, not only by the next request.
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10))
+        // A connection quiet for a second is pinged and dropped when the answer does
+        // not come within another: a path cut silently fails its requests in about two
+        // seconds (instead of their deadline) and the endpoint is probed until back.
+        // The same values as the tunnels' (apps are never pinged).
+        .keep_alive_interval(Some(crate::tunnel::PING_IDLE))
+        .keep_alive_timeout(crate::tunnel::PING_TIMEOUT)
         .keep_alive_while_idle(true);
     b
 }

@@ -25,6 +25,7 @@ use crate::dataplane::{Common, Dataplane, bind, check_token};
 use crate::io::splice;
 use crate::metrics::{ActiveGuard, DirLabel, Metrics, ResultLabel};
 use crate::serve::{self, Drainer, Listener};
+use crate::tunnel::DIAL_TIMEOUT;
 use sni::Sni;
 
 /// How long a client may take to send its ClientHello.
@@ -101,6 +102,8 @@ async fn handle(
     single_host: bool,
     metrics: Arc<Metrics>,
 ) {
+    // Both sides are dataplanes: a side cut silently is let go by the kernel.
+    crate::net::mesh_socket(&tcp);
     let mut buf = Vec::with_capacity(2048);
     let read_hello = async {
         loop {
@@ -141,8 +144,9 @@ async fn handle(
             return;
         }
     };
+    // Within the caller's own handshake timeout, which covers this hop.
     let mut upstream =
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addrs[..])).await {
+        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&addrs[..])).await {
             Ok(Ok(s)) => s,
             _ => {
                 tracing::warn!(sni = %name, %target, "next hop unreachable");
@@ -150,7 +154,7 @@ async fn handle(
                 return;
             }
         };
-    let _ = upstream.set_nodelay(true);
+    crate::net::mesh_socket(&upstream);
     if upstream.write_all(&buf).await.is_err() {
         return;
     }

@@ -1,22 +1,46 @@
 //! Choosing an endpoint: healthy endpoints in the region a gateway route prefers first
 //! (when it names one), then in the caller's region, then in any region; power of two
-//! choices on in-flight connections; an endpoint that refused is ejected for a while
-//! (doubling while it keeps refusing).
+//! choices on in-flight connections.
+//!
+//! An endpoint that refused is ejected for a while (doubling while it keeps refusing);
+//! one that could not be reached is ejected until a probe reaches it again. Ejection
+//! never turns a short outage into a long one:
+//!
+//! - **Panic threshold** (Envoy's healthy panic threshold): when fewer than half of the
+//!   candidates are left after ejection, ejection is ignored and all of them are tried,
+//!   so ejecting the only endpoint of a service (or most of them) never leaves nothing
+//!   to try.
+//! - **Ended early**: by any success with the endpoint, by a probe that reaches it, and
+//!   by the control plane's word: an endpoint it reports healthy again after reporting it
+//!   unhealthy is tried at once.
 
+use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use parking_lot::Mutex;
 
 use crate::control::config::{EndpointEntry, MeshConfig};
 
 const BASE_EJECTION: Duration = Duration::from_secs(5);
 const MAX_EJECTION: Duration = Duration::from_secs(60);
+/// Below this share (in percent) of candidates left after ejection, ejection is ignored.
+pub const PANIC_THRESHOLD_PERCENT: usize = 50;
+/// First pause of a probe of an unreachable endpoint, doubling up to [`PROBE_MAX_PAUSE`].
+const PROBE_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const PROBE_MAX_PAUSE: Duration = Duration::from_secs(2);
+/// How long a probe keeps an unreachable endpoint ejected by itself; after that the
+/// ejection's own time applies and traffic decides again.
+const PROBE_FOR: Duration = Duration::from_secs(30);
 
 struct Ejection {
     until: Instant,
     next: Duration,
+    /// A probe is checking the endpoint: it stays ejected until the probe ends.
+    probing: bool,
 }
 
 /// Per-endpoint load and ejection state.
@@ -24,6 +48,8 @@ pub struct Balancer {
     region: String,
     inflight: DashMap<String, Arc<AtomicUsize>>,
     ejected: DashMap<String, Ejection>,
+    /// Addresses the last config reported unhealthy.
+    unhealthy: Mutex<HashSet<String>>,
 }
 
 /// Holds one unit of in-flight load on an endpoint while alive.
@@ -35,12 +61,20 @@ impl Drop for InFlight {
     }
 }
 
+/// `d` with jitter: uniformly between half of it and all of it, so callers that failed
+/// together do not come back together.
+pub fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
 impl Balancer {
     pub fn new(region: &str) -> Arc<Self> {
         Arc::new(Balancer {
             region: region.to_owned(),
             inflight: DashMap::new(),
             ejected: DashMap::new(),
+            unhealthy: Mutex::new(HashSet::new()),
         })
     }
 
@@ -52,7 +86,9 @@ impl Balancer {
     }
 
     fn is_ejected(&self, addr: &str, now: Instant) -> bool {
-        self.ejected.get(addr).is_some_and(|e| e.until > now)
+        self.ejected
+            .get(addr)
+            .is_some_and(|e| e.probing || e.until > now)
     }
 
     /// The caller's region.
@@ -61,9 +97,10 @@ impl Balancer {
     }
 
     /// Picks an endpoint of `service`, skipping `exclude` (ids already tried). Among
-    /// the healthy, non-ejected endpoints: those in `prefer_region` (a route's
-    /// preference; `None` or empty for none) if there are any, else those in the
-    /// caller's region if there are any, else all of them.
+    /// the healthy endpoints not ejected (all the healthy ones when most are ejected:
+    /// the panic threshold): those in `prefer_region` (a route's preference; `None` or
+    /// empty for none) if there are any, else those in the caller's region if there are
+    /// any, else all of them.
     pub fn pick<'a>(
         &self,
         config: &'a MeshConfig,
@@ -72,11 +109,26 @@ impl Balancer {
         prefer_region: Option<&str>,
     ) -> Option<&'a EndpointEntry> {
         let now = Instant::now();
+        let candidate =
+            |e: &&'a EndpointEntry| e.service == service && e.healthy && !exclude.contains(&e.id);
+        let (candidates, ejected) = config
+            .endpoints
+            .values()
+            .filter(candidate)
+            .fold((0, 0), |(n, out), e| {
+                (n + 1, out + usize::from(self.is_ejected(&e.address, now)))
+            });
+        let panic = (candidates - ejected) * 100 < candidates * PANIC_THRESHOLD_PERCENT;
+        if panic {
+            tracing::debug!(
+                service,
+                candidates,
+                ejected,
+                "most endpoints ejected: trying them all"
+            );
+        }
         let usable = |e: &&'a EndpointEntry| {
-            e.service == service
-                && e.healthy
-                && !exclude.contains(&e.id)
-                && !self.is_ejected(&e.address, now)
+            candidate(e) && (panic || ejected == 0 || !self.is_ejected(&e.address, now))
         };
         let eps = &config.endpoints;
         let in_region = |e: &&'a EndpointEntry, region: &str| usable(e) && e.region == region;
@@ -134,6 +186,7 @@ impl Balancer {
         let mut e = self.ejected.entry(addr.to_owned()).or_insert(Ejection {
             until: now,
             next: BASE_EJECTION,
+            probing: false,
         });
         if e.until > now {
             return;
@@ -143,13 +196,73 @@ impl Balancer {
         tracing::info!(endpoint = addr, for_ = ?e.until.duration_since(now), "endpoint ejected");
     }
 
-    /// The endpoint at `addr` worked: forget past refusals.
+    /// The endpoint at `addr` could not be reached (no connection, or its connection
+    /// found dead): ejected like a refusal, and kept out while a probe checks it.
+    /// Returns true when no probe checks it yet: the caller starts one with
+    /// [`Balancer::probe`], since only it knows how to connect.
+    pub fn unreachable(&self, addr: &str) -> bool {
+        self.eject(addr);
+        self.ejected
+            .get_mut(addr)
+            .is_some_and(|mut e| !std::mem::replace(&mut e.probing, true))
+    }
+
+    /// Checks an unreachable endpoint with `connect` (true: it answered), pausing
+    /// between tries, until it answers (which ends its ejection), its ejection ended
+    /// otherwise (a success elsewhere, the control plane's word, the endpoint gone), or
+    /// [`PROBE_FOR`] passed.
+    pub async fn probe<F, Fut>(self: Arc<Self>, addr: String, connect: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let started = Instant::now();
+        let mut pause = PROBE_FIRST_PAUSE;
+        loop {
+            tokio::time::sleep(jitter(pause)).await;
+            if !self.ejected.get(&addr).is_some_and(|e| e.probing) {
+                return;
+            }
+            if connect().await {
+                tracing::info!(endpoint = %addr, "endpoint reachable again; ejection ended");
+                self.succeeded(&addr);
+                return;
+            }
+            if started.elapsed() >= PROBE_FOR {
+                if let Some(mut e) = self.ejected.get_mut(&addr) {
+                    e.probing = false;
+                }
+                return;
+            }
+            pause = (pause * 2).min(PROBE_MAX_PAUSE);
+        }
+    }
+
+    /// The endpoint at `addr` worked: forget past refusals (and stop probing it).
     pub fn succeeded(&self, addr: &str) {
         self.ejected.remove(addr);
     }
 
-    /// Forgets state of endpoints no longer in the config.
-    pub fn retain(&self, config: &MeshConfig) {
+    /// Follows a new config: forgets endpoints no longer in it, and ends the ejection
+    /// of every endpoint the control plane reports healthy after it reported it
+    /// unhealthy (its word comes from the endpoint itself, and is newer than the
+    /// failures seen here while it was down).
+    pub fn follow(&self, config: &MeshConfig) {
+        let now_unhealthy: HashSet<String> = config
+            .endpoints
+            .values()
+            .filter(|e| !e.healthy)
+            .map(|e| e.address.clone())
+            .collect();
+        let was_unhealthy = std::mem::replace(&mut *self.unhealthy.lock(), now_unhealthy);
+        for e in config.endpoints.values() {
+            if e.healthy
+                && was_unhealthy.contains(&e.address)
+                && self.ejected.remove(&e.address).is_some()
+            {
+                tracing::info!(endpoint = %e.address, "the control plane reports the endpoint healthy again; ejection ended");
+            }
+        }
         self.inflight
             .retain(|id, c| config.endpoints.contains_key(id) || c.load(Ordering::Relaxed) > 0);
         self.ejected
@@ -158,10 +271,10 @@ impl Balancer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ep(id: &str, region: &str, healthy: bool) -> EndpointEntry {
+    pub(crate) fn ep(id: &str, region: &str, healthy: bool) -> EndpointEntry {
         EndpointEntry {
             id: id.into(),
             service: "web".into(),
@@ -174,7 +287,7 @@ mod tests {
         }
     }
 
-    fn config(eps: Vec<EndpointEntry>) -> MeshConfig {
+    pub(crate) fn config(eps: Vec<EndpointEntry>) -> MeshConfig {
         let mut c = MeshConfig::default();
         for e in eps {
             c.endpoints.insert(e.id.clone(), e);
@@ -251,5 +364,151 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(b.pick(&c, "web", &[], None).unwrap().id, "b");
         }
+    }
+
+    #[test]
+    fn the_only_endpoint_is_tried_even_when_ejected() {
+        let b = Balancer::new("eu");
+        let c = config(vec![ep("a", "eu", true)]);
+        b.eject("a:15008");
+        assert_eq!(b.pick(&c, "web", &[], None).unwrap().id, "a");
+        // Tried in this walk already: nothing left.
+        assert!(b.pick(&c, "web", &["a".into()], None).is_none());
+    }
+
+    #[test]
+    fn most_endpoints_ejected_means_all_are_tried() {
+        let b = Balancer::new("eu");
+        let c = config(vec![
+            ep("a", "eu", true),
+            ep("b", "eu", true),
+            ep("c", "eu", true),
+            ep("d", "eu", true),
+        ]);
+        let picked = |b: &Balancer| {
+            (0..200)
+                .map(|_| b.pick(&c, "web", &[], None).unwrap().id.clone())
+                .collect::<HashSet<_>>()
+        };
+        // Half ejected: at the threshold, ejection holds.
+        b.eject("a:15008");
+        b.eject("b:15008");
+        assert_eq!(picked(&b), HashSet::from(["c".into(), "d".into()]));
+        // Three of four ejected: below it, every endpoint is tried again.
+        b.eject("c:15008");
+        assert_eq!(picked(&b).len(), 4);
+        // The threshold counts only what is still a candidate: with the one endpoint
+        // left excluded (tried), the three ejected ones are all there is.
+        let rest: HashSet<String> = (0..200)
+            .map(|_| b.pick(&c, "web", &["d".into()], None).unwrap().id.clone())
+            .collect();
+        assert_eq!(rest.len(), 3);
+        // Unhealthy endpoints are never candidates, panic or not.
+        let sick = config(vec![ep("a", "eu", false), ep("b", "eu", true)]);
+        b.eject("b:15008");
+        for _ in 0..50 {
+            assert_eq!(b.pick(&sick, "web", &[], None).unwrap().id, "b");
+        }
+    }
+
+    #[test]
+    fn panic_spreads_over_regions_in_the_usual_order() {
+        // The own region's only endpoint is ejected, another region's is not: fail
+        // over (half the service is left, no panic).
+        let b = Balancer::new("eu");
+        let c = config(vec![ep("a", "eu", true), ep("b", "us", true)]);
+        b.eject("a:15008");
+        assert_eq!(b.pick(&c, "web", &[], None).unwrap().id, "b");
+        // Both ejected: panic, and the own region comes first again.
+        b.eject("b:15008");
+        for _ in 0..50 {
+            assert_eq!(b.pick(&c, "web", &[], None).unwrap().id, "a");
+        }
+    }
+
+    #[test]
+    fn a_success_ends_an_ejection() {
+        let b = Balancer::new("eu");
+        let c = config(vec![ep("a", "eu", true), ep("b", "eu", true)]);
+        b.eject("a:15008");
+        assert!(b.is_ejected("a:15008", Instant::now()));
+        b.succeeded("a:15008");
+        assert!(!b.is_ejected("a:15008", Instant::now()));
+        let seen: HashSet<String> = (0..100)
+            .map(|_| b.pick(&c, "web", &[], None).unwrap().id.clone())
+            .collect();
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn the_control_plane_reporting_an_endpoint_healthy_again_ends_its_ejection() {
+        let b = Balancer::new("eu");
+        let up = config(vec![ep("a", "eu", true), ep("b", "eu", true)]);
+        let down = config(vec![ep("a", "eu", false), ep("b", "eu", true)]);
+        b.follow(&up);
+        b.eject("a:15008");
+        // Healthy all along: the control plane has nothing newer to say.
+        b.follow(&up);
+        assert!(b.is_ejected("a:15008", Instant::now()));
+        // Unhealthy, then healthy again: tried at once.
+        b.follow(&down);
+        assert!(b.is_ejected("a:15008", Instant::now()));
+        b.follow(&up);
+        assert!(!b.is_ejected("a:15008", Instant::now()));
+        // Endpoints that left the config are forgotten.
+        b.eject("b:15008");
+        b.follow(&config(vec![ep("a", "eu", true)]));
+        assert!(b.ejected.get("b:15008").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_stays_out_until_a_probe_reaches_it() {
+        use std::sync::atomic::AtomicBool;
+        let b = Balancer::new("eu");
+        assert!(b.unreachable("a:15008"), "the first report starts a probe");
+        assert!(!b.unreachable("a:15008"), "one probe at a time");
+        // Held by the probe, even once the ejection's own time is over.
+        b.ejected.get_mut("a:15008").unwrap().until = Instant::now();
+        assert!(b.is_ejected("a:15008", Instant::now()));
+
+        let reachable = Arc::new(AtomicBool::new(false));
+        let tries = Arc::new(AtomicUsize::new(0));
+        let probe = {
+            let (reachable, tries) = (reachable.clone(), tries.clone());
+            tokio::spawn(b.clone().probe("a:15008".into(), move || {
+                tries.fetch_add(1, Ordering::Relaxed);
+                let ok = reachable.load(Ordering::Relaxed);
+                async move { ok }
+            }))
+        };
+        while tries.load(Ordering::Relaxed) < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(b.is_ejected("a:15008", Instant::now()), "still unreachable");
+        reachable.store(true, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(5), probe)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!b.is_ejected("a:15008", Instant::now()), "reached: back in");
+    }
+
+    #[tokio::test]
+    async fn a_probe_stops_once_the_ejection_ended_otherwise() {
+        let b = Balancer::new("eu");
+        assert!(b.unreachable("a:15008"));
+        b.succeeded("a:15008");
+        let tries = Arc::new(AtomicUsize::new(0));
+        let t = tries.clone();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            b.clone().probe("a:15008".into(), move || {
+                t.fetch_add(1, Ordering::Relaxed);
+                async { false }
+            }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(tries.load(Ordering::Relaxed), 0);
     }
 }

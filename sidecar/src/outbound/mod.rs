@@ -146,7 +146,7 @@ impl Outbound {
             ));
             listeners.insert(name.to_owned(), (port, task));
         }
-        self.balancer.retain(config);
+        self.balancer.follow(config);
         let addrs: HashSet<String> = config
             .endpoints
             .values()
@@ -174,8 +174,11 @@ impl Outbound {
                 .inc();
         };
         let config = self.config.borrow().clone();
+        // Nothing is read from the client before a tunnel stream is open, so every
+        // failure before that can be retried, on another endpoint or, within the retry
+        // budget, on the same one once it is back.
         let mut attempts = Attempts::new(&self.balancer, &config, service, None);
-        while let Some(ep) = attempts.next() {
+        while let Some(ep) = attempts.next().await {
             // A sidecar's network may reach only its own region: other regions are
             // reached through this region's ingress when there is one (looked up only
             // for those, not on every same-region connection).
@@ -211,9 +214,19 @@ impl Outbound {
                     tracing::info!(service, "the destination refused this service's identity");
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(service, endpoint = %ep.address, error = %e, "endpoint failed; trying another");
+                Err(e) if e.unprocessed() => {
+                    tracing::debug!(service, endpoint = %ep.address, error = %e, "stream refused unprocessed; trying again");
+                    attempts.skipped(ep);
+                }
+                Err(e) if e.answered() => {
+                    tracing::warn!(service, endpoint = %ep.address, error = %e, "endpoint refused; trying another");
                     attempts.refused(ep);
+                }
+                Err(e) => {
+                    tracing::warn!(service, endpoint = %ep.address, error = %e, "endpoint unreachable; trying another");
+                    if attempts.unreachable(ep) {
+                        self.pool.probe(&target);
+                    }
                 }
             }
         }

@@ -3,9 +3,12 @@
 //! service; the peer answers 200 only once it has connected to its app, so a refusal
 //! arrives before any byte of the carried connection was sent and can be retried on
 //! another endpoint.
+//!
+//! Every pooled connection is watched ([`super::liveness`]): one found dead is dropped
+//! from the pool at once (no new stream goes to it), its endpoint is reported
+//! unreachable to the balancer, and a probe brings it back once it answers again.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -16,13 +19,14 @@ use tokio::net::TcpStream;
 use weft_certs::SpiffeId;
 
 use super::io::H2Io;
-use super::{CONNECT_TIMEOUT, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use super::liveness::{self, Ended};
+use super::{
+    CONNECT_TIMEOUT, CONNECTION_WINDOW, DIAL_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_FRAME, STREAM_WINDOW,
+};
 use crate::control::config::EndpointEntry;
+use crate::io::{Activity, Tracked};
+use crate::outbound::balance::Balancer;
 use crate::tls::{MeshAlpn, MeshTls};
-
-/// How often an idle tunnel connection is pinged, and how long the answer may take.
-const PING_INTERVAL: Duration = Duration::from_secs(30);
-const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a tunnel stream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,30 @@ pub enum TunnelError {
     Cert(#[from] weft_certs::CertError),
 }
 
+impl TunnelError {
+    /// Whether the stream was refused unprocessed by a peer that is alive (HTTP/2
+    /// `REFUSED_STREAM`, or above the last stream id of its GOAWAY: RFC 9113 §8.7):
+    /// another endpoint can take it, and this one is not at fault.
+    pub fn unprocessed(&self) -> bool {
+        matches!(self, TunnelError::H2 { err, .. } if unprocessed(err))
+    }
+
+    /// Whether the endpoint answered at all (a refusal with a status); otherwise it
+    /// could not be reached or its connection failed.
+    pub fn answered(&self) -> bool {
+        matches!(self, TunnelError::Refused { .. } | TunnelError::Alpn { .. })
+    }
+}
+
+/// Whether an HTTP/2 stream error says the peer did not process the stream: a
+/// `REFUSED_STREAM` reset, or a stream above the last id of the peer's GOAWAY (h2
+/// reports those as the GOAWAY itself; streams it processed fail otherwise).
+pub fn unprocessed(err: &h2::Error) -> bool {
+    err.is_remote()
+        && (err.is_go_away()
+            || (err.is_reset() && err.reason() == Some(h2::Reason::REFUSED_STREAM)))
+}
+
 /// Where a stream goes.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -65,6 +93,8 @@ pub struct Target {
     pub identity: String,
     /// Destination service.
     pub service: String,
+    /// The endpoint's own address: what the balancer ejects when it cannot be reached.
+    pub endpoint: String,
 }
 
 impl Target {
@@ -93,6 +123,7 @@ impl Target {
             },
             identity: ep.identity.clone(),
             service: service.to_owned(),
+            endpoint: ep.address.clone(),
         }
     }
 }
@@ -133,7 +164,9 @@ fn alive(s: &SendRequest<Bytes>) -> bool {
 
 /// Opens an mTLS connection to `target` speaking `alpn`: the peer must present the
 /// target's SPIFFE id and agree on the protocol. Through an ingress the SNI names the
-/// peer (the ingress splices by it, and ALPN passes through untouched).
+/// peer (the ingress splices by it, and ALPN passes through untouched). The TCP connect
+/// may take [`DIAL_TIMEOUT`], the TLS handshake [`HANDSHAKE_TIMEOUT`]; the socket gets
+/// the mesh's keepalive and user timeout ([`crate::net::mesh_socket`]).
 pub async fn connect_tls(
     tls: &MeshTls,
     target: &Target,
@@ -143,19 +176,19 @@ pub async fn connect_tls(
     let expected = SpiffeId::parse(&target.identity)
         .map_err(|_| TunnelError::Identity(target.identity.clone()))?;
     let config = tls.client(&expected, alpn)?;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+    let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&addr))
         .await
         .map_err(|_| TunnelError::Timeout { addr: addr.clone() })?
         .map_err(|err| TunnelError::Connect {
             addr: addr.clone(),
             err,
         })?;
-    let _ = tcp.set_nodelay(true);
+    crate::net::mesh_socket(&tcp);
     // The verifier checks the SPIFFE id, not this name; SNI names the peer.
     let sni = ServerName::try_from(target.sni.clone())
         .map_err(|_| TunnelError::Identity(target.sni.clone()))?;
     let stream = tokio::time::timeout(
-        CONNECT_TIMEOUT,
+        HANDSHAKE_TIMEOUT,
         tokio_rustls::TlsConnector::from(config).connect(sni, tcp),
     )
     .await
@@ -173,13 +206,16 @@ pub async fn connect_tls(
 /// Pooled HTTP/2 connections to peers.
 pub struct TunnelPool {
     tls: Arc<MeshTls>,
+    /// Told about endpoints whose connection was found dead; probes bring them back.
+    balancer: Arc<Balancer>,
     conns: DashMap<PeerKey, Slot>,
 }
 
 impl TunnelPool {
-    pub fn new(tls: Arc<MeshTls>) -> Arc<Self> {
+    pub fn new(tls: Arc<MeshTls>, balancer: Arc<Balancer>) -> Arc<Self> {
         Arc::new(TunnelPool {
             tls,
+            balancer,
             conns: DashMap::new(),
         })
     }
@@ -195,21 +231,33 @@ impl TunnelPool {
         self.conns.retain(|key, _| keep.contains(&key.address));
     }
 
-    /// Opens a CONNECT stream to `target`.
-    pub async fn open(self: &Arc<Self>, target: &Target) -> Result<H2Io, TunnelError> {
+    /// The pooled connection to `target`, connecting when there is none alive.
+    async fn sender(self: &Arc<Self>, target: &Target) -> Result<SendRequest<Bytes>, TunnelError> {
         let key = PeerKey::of(target);
         let slot = self.conns.entry(key.clone()).or_default().clone();
-        let mut sender = {
-            let mut guard = slot.lock().await;
-            match guard.as_ref().filter(|s| alive(s)) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = self.connect(target, key, slot.clone()).await?;
-                    *guard = Some(s.clone());
-                    s
-                }
-            }
-        };
+        let mut guard = slot.lock().await;
+        if let Some(s) = guard.as_ref().filter(|s| alive(s)) {
+            return Ok(s.clone());
+        }
+        let s = self.connect(target, key, slot.clone()).await?;
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Starts probing `target`'s endpoint, which could not be reached: it comes back
+    /// into the balancer's choice once a connection to it opens (and stays pooled).
+    pub fn probe(self: &Arc<Self>, target: &Target) {
+        let (pool, target) = (self.clone(), target.clone());
+        let addr = target.endpoint.clone();
+        tokio::spawn(self.balancer.clone().probe(addr, move || {
+            let (pool, target) = (pool.clone(), target.clone());
+            async move { pool.sender(&target).await.is_ok() }
+        }));
+    }
+
+    /// Opens a CONNECT stream to `target`.
+    pub async fn open(self: &Arc<Self>, target: &Target) -> Result<H2Io, TunnelError> {
+        let mut sender = self.sender(target).await?;
         let addr = target.address.clone();
         let h2err = |err| TunnelError::H2 {
             addr: addr.clone(),
@@ -243,58 +291,66 @@ impl TunnelPool {
         slot: Slot,
     ) -> Result<SendRequest<Bytes>, TunnelError> {
         let addr = target.address.clone();
+        let h2err = |err| TunnelError::H2 {
+            addr: addr.clone(),
+            err,
+        };
         let tls = connect_tls(&self.tls, target, MeshAlpn::Tunnel).await?;
-        let (sender, mut conn) = h2::client::Builder::new()
+        let heard = Activity::default();
+        let handshake = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .max_send_buffer_size(1024 * 1024)
             .enable_push(false)
-            .handshake::<_, Bytes>(tls)
+            .handshake::<_, Bytes>(Tracked::reads(tls, heard.clone()));
+        let (sender, mut conn) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
-            .map_err(|err| TunnelError::H2 {
-                addr: addr.clone(),
-                err,
-            })?;
-        // The pinger runs on its own task: a PING completes only while the connection
+            .map_err(|_| TunnelError::Timeout { addr: addr.clone() })?
+            .map_err(h2err)?;
+        // The watcher runs on its own task: a PING completes only while the connection
         // future is being polled, so it must never be awaited inside the driver.
         let (dead_tx, mut dead_rx) = tokio::sync::oneshot::channel::<()>();
-        if let Some(mut pong) = conn.ping_pong() {
+        if let Some(pong) = conn.ping_pong() {
             tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(PING_INTERVAL).await;
-                    match tokio::time::timeout(PING_TIMEOUT, pong.ping(h2::Ping::opaque())).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(_)) => return, // the connection is gone already
-                        Err(_) => {
-                            let _ = dead_tx.send(());
-                            return;
-                        }
-                    }
+                if liveness::watch(pong, heard).await == Ended::Dead {
+                    let _ = dead_tx.send(());
                 }
             });
         }
         let this = Arc::downgrade(self);
+        let target = target.clone();
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = &mut conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(peer = %key, error = %e, "tunnel connection ended");
+            // The connection is dropped when this block ends: that fails its streams at
+            // once, and no new stream can start on it.
+            let dead = async {
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = &mut conn => {
+                        if let Err(e) = r {
+                            tracing::debug!(peer = %key, error = %e, "tunnel connection ended");
+                        }
+                        false
+                    }
+                    Ok(()) = &mut dead_rx => {
+                        tracing::warn!(peer = %key, "tunnel peer stopped answering; connection dropped");
+                        true
                     }
                 }
-                Ok(()) = &mut dead_rx => {
-                    tracing::warn!(peer = %key, "tunnel peer stopped answering pings; closing");
-                }
             }
-            // Forget this connection unless a newer one already replaced it.
-            if let Some(pool) = this.upgrade() {
+            .await;
+            // Forget it unless a newer one already replaced it.
+            let Some(pool) = this.upgrade() else { return };
+            {
                 let mut guard = slot.lock().await;
                 if !guard.as_ref().is_some_and(alive) {
                     *guard = None;
                     drop(guard);
                     pool.conns.remove_if(&key, |_, s| Arc::ptr_eq(s, &slot));
                 }
+            }
+            if dead && pool.balancer.unreachable(&target.endpoint) {
+                pool.probe(&target);
             }
         });
         Ok(sender)

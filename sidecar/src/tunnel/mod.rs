@@ -9,7 +9,10 @@
 
 pub mod client;
 pub mod io;
+pub mod liveness;
 pub mod server;
+
+use std::time::Duration;
 
 /// Per-stream receive window.
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
@@ -19,8 +22,22 @@ pub const MAX_STREAMS: u32 = 2047;
 pub const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// Largest frame we accept; bigger frames mean fewer frame headers on bulk transfers.
 pub const MAX_FRAME: u32 = 256 * 1024;
-/// How long a TLS handshake or a tunnel connect may take.
-pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the inbound may take to connect to its app, and half of what a peer's TLS
+/// handshake may take on the inbound port.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TCP connect to another dataplane may take (Linkerd's default): a peer
+/// that does not answer a SYN within it is tried again in the next round of attempts,
+/// or another peer is.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the TLS and HTTP/2 handshakes with another dataplane may take once
+/// connected: room for a ClientHello relayed by two ingresses across regions.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A mesh connection from which nothing arrived for this long is pinged...
+pub const PING_IDLE: Duration = Duration::from_secs(1);
+/// ...and is dead when nothing at all (no PONG, no other byte) arrives for this long
+/// after the PING: a path cut silently is noticed in about two seconds. Only between
+/// dataplanes: apps (gRPC servers count PINGs as strikes) are never pinged.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 // Checked when building: the connection window covers every stream.
 const _: () = assert!(MAX_STREAMS as u64 * STREAM_WINDOW as u64 <= CONNECTION_WINDOW as u64);

@@ -33,6 +33,7 @@ pub struct Inbound {
 /// Serves one accepted connection until it ends; when the drain begins, GOAWAY and
 /// the streams in progress finish.
 pub async fn connection(inbound: Arc<Inbound>, tcp: TcpStream, peer: SocketAddr, drain: Drain) {
+    crate::net::mesh_socket(&tcp);
     let metrics = inbound.delivery.metrics.clone();
     let count = |result| {
         metrics
