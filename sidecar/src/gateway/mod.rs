@@ -13,6 +13,7 @@ pub mod body;
 pub mod h2c_upgrade;
 pub mod listen;
 pub mod proxy;
+pub mod replay;
 pub mod routes;
 pub mod upstream;
 

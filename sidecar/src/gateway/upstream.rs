@@ -12,26 +12,29 @@
 //! own streams' windows and never slows another client's streams. Connections are
 //! pinged when quiet (see [`limits::mesh_h2_client`]); one that fails with a request
 //! on it gets its endpoint ejected until a probe reaches it again.
+//!
+//! Re-sends: a request no endpoint processed goes to the next one, body included while
+//! it fits the copy kept for that ([`super::replay`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::RwLock;
 
+use super::replay::Replayable;
 use crate::control::config::EndpointEntry;
 use crate::control::config::MeshConfig;
-use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, Rejection, full};
+use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, Rejection};
 use crate::http::limits::{self, Limiter, MESH_MAX_STREAMS, Overloaded, Slot};
 use crate::outbound::attempts::Attempts;
 use crate::outbound::balance::{Balancer, InFlight};
 use crate::tls::{MeshAlpn, MeshTls};
-use crate::tunnel::client::{Target, TunnelError, connect_tls};
+use crate::tunnel::client::{self, Target, TunnelError, connect_tls};
 
 /// Mesh HTTP/2 connections one gateway keeps to one endpoint at most.
 pub const CONNS_PER_ENDPOINT: usize = 4;
@@ -257,24 +260,32 @@ impl Upstreams {
     }
 
     /// Sends `req` to an endpoint of `service`, in `prefer_region` first when the route
-    /// names one (the endpoint retry loop: [`Attempts`]). A request that was not sent
-    /// (no connection, a connection closing) goes to another endpoint (or, within the
-    /// retry budget, to the same one again), and so does a request without a body that
-    /// an endpoint answered with "my app is not accepting connections" (nothing reached
-    /// the app).
+    /// names one (the endpoint retry loop: [`Attempts`]). A request no endpoint
+    /// processed goes to another endpoint (or, within the retry budget, to the same one
+    /// again): one that was not sent (no connection, a connection closing), one whose
+    /// stream was refused unprocessed (`REFUSED_STREAM`, above a GOAWAY's last id), and
+    /// one answered "my app is not accepting connections"; a request with a body only
+    /// while its body fits the copy kept for that ([`Replayable`]).
     pub async fn send(
         &self,
         config: &MeshConfig,
         service: &str,
         prefer_region: Option<&str>,
-        mut req: Request<Body>,
+        req: Request<Body>,
     ) -> Result<Upstream, Rejection> {
-        let replay = Replay::of(&req);
+        let (head, body) = req.into_parts();
+        let again = Resend::of(&head);
+        let body = Replayable::new(body);
+        let mut pending = Some(Request::from_parts(head, body.first()));
+        let resend = || again.as_ref().and_then(|a| Some(a.request(body.again()?)));
         // The last "app unavailable" answer, returned if no other endpoint takes it.
         let mut unavailable = None;
         let mut last = None;
         let mut attempts = Attempts::new(&self.balancer, config, service, prefer_region);
-        while let Some(ep) = attempts.next().await {
+        while let Some(req) = pending.take() {
+            let Some(ep) = attempts.next().await else {
+                break;
+            };
             let (endpoint, mut sender, hold) = match self.stream_to(ep, service).await {
                 Ok(s) => s,
                 Err(Unsent::Busy(busy)) => {
@@ -284,6 +295,7 @@ impl Upstreams {
                         format!("service {service} is overloaded; retry later"),
                     ));
                     attempts.skipped(ep);
+                    pending = Some(req);
                     continue;
                 }
                 Err(Unsent::Unreachable(e)) => {
@@ -291,22 +303,23 @@ impl Upstreams {
                     if attempts.unreachable(ep) {
                         self.probe(ep, service);
                     }
+                    pending = Some(req);
                     continue;
                 }
             };
             match sender.try_send_request(req).await {
+                Ok(response) if app_unavailable(&response) => {
+                    tracing::info!(service, endpoint = %ep.address, "the endpoint's app is not accepting connections; trying another");
+                    attempts.refused(ep);
+                    unavailable = Some(Upstream {
+                        response,
+                        endpoint: ep.address.clone(),
+                        hold,
+                    });
+                    pending = resend();
+                }
                 Ok(response) => {
-                    if let Some(again) = replay.as_ref().filter(|_| app_unavailable(&response)) {
-                        tracing::info!(service, endpoint = %ep.address, "the endpoint's app is not accepting connections; trying another");
-                        attempts.refused(ep);
-                        req = again.request();
-                        unavailable = Some(Upstream {
-                            response,
-                            endpoint: ep.address.clone(),
-                            hold,
-                        });
-                        continue;
-                    }
+                    body.settle();
                     attempts.succeeded(ep);
                     return Ok(Upstream {
                         response,
@@ -320,7 +333,16 @@ impl Upstreams {
                         tracing::debug!(service, endpoint = %ep.address, error = %e.error(), "request not sent; trying another endpoint");
                         endpoint.forget(&sender);
                         attempts.skipped(ep);
-                        req = back;
+                        pending = Some(back);
+                    }
+                    None if unprocessed(e.error()) => {
+                        tracing::info!(service, endpoint = %ep.address, error = %e.error(), "request refused unprocessed; sending it again");
+                        attempts.skipped(ep);
+                        pending = resend();
+                        last = Some(Rejection::new(
+                            MeshError::UpstreamFailed,
+                            format!("service {service} refused the request: {}", e.error()),
+                        ));
                     }
                     None => {
                         tracing::info!(service, endpoint = %ep.address, error = %e.error(), "upstream failed");
@@ -400,29 +422,39 @@ fn app_unavailable(response: &Response<Incoming>) -> bool {
         == Some(MeshError::NoEndpoint.code().as_bytes())
 }
 
-/// What it takes to send a request without a body again.
-struct Replay {
+/// Whether hyper's error says the endpoint did not process the stream.
+fn unprocessed(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return client::unprocessed(h2);
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// What it takes to send a request again, with its body from [`Replayable::again`].
+struct Resend {
     method: Method,
     uri: Uri,
     version: Version,
     headers: HeaderMap,
 }
 
-impl Replay {
-    /// Only requests whose body has already ended can be sent twice (the body of
-    /// the others streams through and is gone once sent).
-    fn of(req: &Request<Body>) -> Option<Self> {
-        // A WebSocket's CONNECT carries its protocol in an extension: never replayed.
-        (req.body().is_end_stream() && req.method() != Method::CONNECT).then(|| Replay {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
+impl Resend {
+    fn of(head: &http::request::Parts) -> Option<Self> {
+        // A WebSocket's CONNECT carries its protocol in an extension: never sent twice.
+        (head.method != Method::CONNECT).then(|| Resend {
+            method: head.method.clone(),
+            uri: head.uri.clone(),
+            version: head.version,
+            headers: head.headers.clone(),
         })
     }
 
-    fn request(&self) -> Request<Body> {
-        let mut req = Request::new(full(bytes::Bytes::new()));
+    fn request(&self, body: Body) -> Request<Body> {
+        let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
