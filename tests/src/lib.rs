@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod browser;
+pub mod load;
 pub mod openloop;
 pub mod paths;
 pub mod postgres;
@@ -492,6 +493,12 @@ impl Proc {
         self.start();
     }
 
+    /// A rolling restart: SIGTERM, wait up to `within` for the exit, start again.
+    pub fn terminate_and_start(&mut self, within: Duration) {
+        self.terminate(within);
+        self.start();
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -596,8 +603,22 @@ impl Sidecar {
         region: &str,
         extra: &[&str],
     ) -> Sidecar {
-        let dir = tempfile::tempdir().unwrap();
         let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::start_on(cp_url, token, service, app, region, inbound, extra).await
+    }
+
+    /// [`Sidecar::start_with`] on a chosen `--inbound` address (e.g. one a test proxy
+    /// forwards to, advertised with `--advertise`).
+    pub async fn start_on(
+        cp_url: String,
+        token: &str,
+        service: &str,
+        app: SocketAddr,
+        region: &str,
+        inbound: SocketAddr,
+        extra: &[&str],
+    ) -> Sidecar {
+        let dir = tempfile::tempdir().unwrap();
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let outbound_ip = loopback_ip();
         let state_dir = dir.path().join("state");
