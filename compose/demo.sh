@@ -111,7 +111,8 @@ app_is() { [ "$(app)" = "$1" ]; }
 eventually 15 app_is us-web || die "requests did not fail over to us"
 expect "app that answered" us-web "$(app)"
 show docker start weft-eu-web-app
-echo "(the eu endpoint was ejected after refusing; it is tried again after a while)"
+echo "(the eu sidecar's probe sees its app again; the control plane marks it healthy and the gateway"
+echo " tries it at once, even though it ejected it after the refusals)"
 eventually 60 app_is eu-web || die "requests did not come back to eu"
 expect "app that answered" eu-web "$(app)"
 

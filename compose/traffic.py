@@ -6,9 +6,11 @@
 One sequential client per target (keep-alive HTTP/1.1, or TLS when the URL is https, trusting CAFILE),
 each request with a 5 s timeout. https URLs are sent to 127.0.0.1 with the URL's host as
 SNI and Host, so *.localhost names need no resolver. Runs until SIGTERM or SIGINT, then
-prints one JSON object: per target the count of ok and failed requests, the apps that
-answered (the demo app's "app" field) in order of first answer, and the first errors.
-A request fails on a connection error, a timeout or a status other than 200.
+prints one JSON object: per target the count of ok and failed requests, the longest run
+of consecutive failed requests (how many, and the seconds from the start of its first
+request to the end of its last), the apps that answered (the demo app's "app" field) in
+order of first answer, and the first errors. A request fails on a connection error, a
+timeout or a status other than 200.
 """
 
 import argparse
@@ -43,6 +45,9 @@ class Target:
         self.apps = {}
         self.errors = []
         self.conn = None
+        # The run of failures in progress: [count, start of its first request].
+        self.failing = None
+        self.longest = (0, 0.0)
 
     def connect(self):
         host = self.url.hostname
@@ -51,8 +56,13 @@ class Target:
             return LoopbackHTTPS(host, port, timeout=5, context=self.context)
         return http.client.HTTPConnection("127.0.0.1", port, timeout=5)
 
-    def fail(self, why):
+    def fail(self, why, started):
         self.failed += 1
+        if self.failing is None:
+            self.failing = [0, started]
+        self.failing[0] += 1
+        if self.failing[0] > self.longest[0]:
+            self.longest = (self.failing[0], time.monotonic() - self.failing[1])
         if len(self.errors) < 10:
             self.errors.append(f"{time.strftime('%H:%M:%S')} {why}")
         if self.conn is not None:
@@ -61,6 +71,7 @@ class Target:
 
     def one(self):
         path = self.url.path or "/"
+        started = time.monotonic()
         try:
             if self.conn is None:
                 self.conn = self.connect()
@@ -68,16 +79,17 @@ class Target:
             resp = self.conn.getresponse()
             body = resp.read()
         except (OSError, http.client.HTTPException) as err:
-            self.fail(f"{type(err).__name__}: {err}")
+            self.fail(f"{type(err).__name__}: {err}", started)
             return
         if resp.status != 200:
-            self.fail(f"status {resp.status} {resp.getheader('weft-error-code', '')} {body[:200]!r}")
+            self.fail(f"status {resp.status} {resp.getheader('weft-error-code', '')} {body[:200]!r}", started)
             return
         try:
             app = json.loads(body).get("app", "?")
         except ValueError:
             app = "?"
         self.ok += 1
+        self.failing = None
         self.apps[app] = self.apps.get(app, 0) + 1
 
     def run(self, interval):
@@ -86,7 +98,13 @@ class Target:
             stop.wait(interval)
 
     def summary(self):
-        return {"ok": self.ok, "failed": self.failed, "apps": self.apps, "errors": self.errors}
+        return {
+            "ok": self.ok,
+            "failed": self.failed,
+            "longest_failed_run": {"requests": self.longest[0], "seconds": round(self.longest[1], 3)},
+            "apps": self.apps,
+            "errors": self.errors,
+        }
 
 
 def main():
