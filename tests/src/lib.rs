@@ -762,6 +762,20 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
+/// The events of a demo app's journal (its `/_requests` JSON) for requests to `path`.
+pub fn journal_events(journal: &serde_json::Value, path: &str) -> Vec<serde_json::Value> {
+    journal["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["path"] == path)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// How to install the Python clients' packages.
 pub const PIP_INSTALL: &str = "python3 -m pip install -r tests/py/requirements.txt";
 

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_tests::{bin, free_port, py, py_ok, sha256_hex};
+use weft_tests::{bin, free_port, journal_events, py, py_ok, sha256_hex};
 
 /// A running `weft-demo-app`, killed when dropped.
 struct DemoApp {
@@ -561,15 +561,7 @@ mod demo_app {
         assert_eq!(a.json()["body_bytes"], 0);
 
         let events = h1(&app, "/_requests", &[]).json();
-        let of = |path: &str| -> Vec<Value> {
-            events["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|e| e["path"] == path)
-                .cloned()
-                .collect()
-        };
+        let of = |path: &str| journal_events(&events, path);
         let seeded = of("/bytes?n=300000&seed=9");
         assert_eq!(seeded.len(), 2, "{events:#}");
         assert!(
@@ -609,13 +601,8 @@ mod demo_app {
         std::thread::sleep(Duration::from_millis(200));
         drop(s);
         let a = wait_for(|| {
-            let events = h1(&app, "/_requests", &[]).json();
-            events["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["path"] == "/upload?cut")
-                .cloned()
+            let journal = h1(&app, "/_requests", &[]).json();
+            journal_events(&journal, "/upload?cut").into_iter().next()
         });
         assert_eq!(a["outcome"], "aborted", "{a}");
         assert_eq!(a["bytes"], 10, "{a}");

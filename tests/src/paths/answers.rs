@@ -81,12 +81,7 @@ impl Answer {
     }
 
     pub fn json(&self) -> Result<serde_json::Value, String> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            format!(
-                "body is not JSON ({e}): {:.300}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        json_body(&format!("status {}", self.status), &self.body)
     }
 
     /// A one-line description for failure messages.
@@ -211,13 +206,7 @@ impl H1Response {
     }
 
     pub fn json(&self) -> Result<serde_json::Value, String> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            format!(
-                "{}: body is not JSON ({e}): {:.300}",
-                self.status_line,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        json_body(&self.status_line, &self.body)
     }
 }
 
@@ -234,14 +223,18 @@ pub struct H2Answer {
 
 impl H2Answer {
     pub fn json(&self) -> Result<serde_json::Value, String> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            format!(
-                "status {}: body is not JSON ({e}): {:.300}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        json_body(&format!("status {}", self.status), &self.body)
     }
+}
+
+/// `body` as JSON, or what was wrong with it (after `what`, the answer's status).
+fn json_body(what: &str, body: &[u8]) -> Result<serde_json::Value, String> {
+    serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "{what}: body is not JSON ({e}): {:.300}",
+            String::from_utf8_lossy(body)
+        )
+    })
 }
 
 /// Sends `req` with `body` and `trailers` on `send`, and reads the whole answer.

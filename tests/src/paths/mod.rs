@@ -502,14 +502,7 @@ impl Paths {
             &format!("http://{}/_requests", self.app(selector).addr),
         ]);
         assert_eq!(code, 0, "the app's journal: {err}");
-        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-        json["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["path"] == path)
-            .cloned()
-            .collect()
+        crate::journal_events(&serde_json::from_str(&out).unwrap(), path)
     }
 
     /// Writes `len` random bytes to a file; returns it and its SHA-256.
