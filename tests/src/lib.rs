@@ -11,6 +11,7 @@ pub mod openloop;
 pub mod paths;
 pub mod postgres;
 pub mod proxy;
+pub mod traffic_bench;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use prost::Message as _;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -43,7 +43,7 @@ use weft_proto::v1::discovery_request::Message as Out;
 use weft_proto::v1::discovery_response::Message as In;
 use weft_proto::v1::{
     Ack, CreateServiceRequest, CreateTokenRequest, DataplaneKind, DiscoveryRequest, Hello,
-    Protocol, SetProtocolRequest,
+    Protocol, SetProtocolRequest, TrafficReport,
 };
 use weft_tests::{BearerToken, DataplaneIdentity, free_port, sidecar_hello};
 
@@ -54,6 +54,12 @@ const GOAL_REPLICAS_P50: Duration = Duration::from_millis(100);
 const GOAL_REPLICAS_MAX: Duration = Duration::from_millis(200);
 /// Goal: control plane memory per connected subscriber.
 const GOAL_KB_PER_SUBSCRIBER: f64 = 50.0;
+/// Goal: the dashboard's JSON for the whole mesh, in server time.
+const GOAL_DASHBOARD_MS: f64 = 200.0;
+/// Goal: the traffic window's memory per reporting dataplane (kB = 1000 bytes).
+const GOAL_WINDOW_BYTES_PER_DATAPLANE: f64 = 1000.0;
+/// Goal: share of a sidecar's CPU (one core) spent counting at 1,000 req/s.
+const GOAL_COUNTING_CPU_PERCENT: f64 = 1.0;
 /// A change not acked by everyone within this counts as failed.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Subscribers are "settled" after this long without any update.
@@ -78,6 +84,11 @@ struct Args {
     /// The weft-cp binary (default: next to this executable, i.e. target/<profile>/).
     #[arg(long)]
     cp_bin: Option<PathBuf>,
+    /// Rounds of traffic reports (every subscriber sends one per round, a round every
+    /// 10 s) before the traffic window and the dashboard are measured; 31 fill the
+    /// 5-minute window, fewer are projected to it; 0 skips the traffic section.
+    #[arg(long, default_value_t = 31)]
+    traffic_rounds: u64,
     /// weft-cp replicas on one PostgreSQL (started by the benchmark); 1 = SQLite.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
@@ -234,13 +245,16 @@ impl Drop for CpProcess {
 
 /// One subscriber: opens its stream with `hello`, acks every update immediately and
 /// reports each ack. Like `weft-sidecar`, it asks for updates in parts
-/// (`Hello.accepts_update_parts`) and acks an update at its last part.
+/// (`Hello.accepts_update_parts`) and acks an update at its last part, and it sends
+/// `report` on its stream at every traffic round.
 async fn subscriber(
     idx: usize,
     channel: Channel,
     hello: Hello,
     events: mpsc::UnboundedSender<Event>,
     connect_permit: tokio::sync::OwnedSemaphorePermit,
+    mut rounds: watch::Receiver<u64>,
+    report: TrafficReport,
 ) {
     let fail = |error: String| {
         let _ = events.send(Event::Failed { idx, error });
@@ -264,7 +278,21 @@ async fn subscriber(
     // Encoded size of the parts of the update being received.
     let mut update_bytes = 0;
     loop {
-        match stream.message().await {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            changed = rounds.changed() => {
+                if changed.is_ok() {
+                    let r = DiscoveryRequest {
+                        message: Some(Out::Traffic(report.clone())),
+                    };
+                    if tx.send(r).await.is_err() {
+                        return fail("request stream closed".into());
+                    }
+                }
+                continue;
+            }
+        };
+        match message {
             Ok(Some(resp)) => {
                 let Some(In::Update(update)) = resp.message else {
                     continue;
@@ -524,6 +552,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Connect: each subscriber gets its own channel, hence its own TCP+TLS connection.
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (rounds_tx, rounds_rx) = watch::channel(0u64);
     let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let connect_start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
@@ -541,12 +570,15 @@ async fn main() -> anyhow::Result<()> {
             &format!("127.0.0.1:{}", FIRST_PORT + idx),
         );
         let permit = permits.clone().acquire_owned().await?;
+        let caller = &names[(service + 1) % names.len()];
         tasks.push(tokio::spawn(subscriber(
             idx,
             channel,
             hello,
             events_tx.clone(),
             permit,
+            rounds_rx.clone(),
+            weft_tests::traffic_bench::sample_report(&names[service], caller),
         )));
     }
     drop(events_tx);
@@ -722,6 +754,12 @@ async fn main() -> anyhow::Result<()> {
             after.saturating_sub(*before) as f64 / 1024.0
         );
     }
+    let traffic = if args.traffic_rounds > 0 {
+        Some(traffic_section(&cps, &rounds_tx, args.traffic_rounds, n, &names[0]).await?)
+    } else {
+        None
+    };
+
     println!();
     println!("## goals");
     println!(
@@ -748,6 +786,33 @@ async fn main() -> anyhow::Result<()> {
         verdict(per_sub_kb <= GOAL_KB_PER_SUBSCRIBER)
     );
 
+    if let Some(t) = &traffic {
+        println!(
+            "dashboard JSON for {n} dataplanes and {} services under {GOAL_DASHBOARD_MS:.0} ms server time: slowest page p50 {:.1} ms, max {:.1} ms  {}",
+            args.services,
+            t.dashboard_p50_ms,
+            t.dashboard_max_ms,
+            verdict(t.dashboard_max_ms <= GOAL_DASHBOARD_MS)
+        );
+        if t.partial {
+            println!(
+                "traffic window under {GOAL_WINDOW_BYTES_PER_DATAPLANE:.0} bytes per dataplane: {:.0} bytes with a partial window; judged on a full one (--traffic-rounds 31)  n/a",
+                t.window_bytes_per_dataplane,
+            );
+        } else {
+            println!(
+                "traffic window under {GOAL_WINDOW_BYTES_PER_DATAPLANE:.0} bytes per dataplane (full 5-minute window): {:.0} bytes  {}",
+                t.window_bytes_per_dataplane,
+                verdict(t.window_bytes_per_dataplane <= GOAL_WINDOW_BYTES_PER_DATAPLANE)
+            );
+        }
+        println!(
+            "counting under {GOAL_COUNTING_CPU_PERCENT:.0}% of a sidecar's CPU at 1,000 req/s: {:.3}%  {}",
+            t.counting_cpu_percent,
+            verdict(t.counting_cpu_percent <= GOAL_COUNTING_CPU_PERCENT)
+        );
+    }
+
     for t in tasks {
         t.abort();
     }
@@ -772,4 +837,104 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What the traffic section measured, for the goals.
+struct TrafficFigures {
+    dashboard_p50_ms: f64,
+    dashboard_max_ms: f64,
+    window_bytes_per_dataplane: f64,
+    /// Fewer rounds than the window holds: the window is not full yet.
+    partial: bool,
+    counting_cpu_percent: f64,
+}
+
+/// Every subscriber reports traffic for `rounds` rounds of 10 s (like a sidecar); then
+/// the traffic window's memory, the dashboard's JSON and the sidecar's counting cost.
+async fn traffic_section(
+    cps: &[CpProcess],
+    rounds_tx: &watch::Sender<u64>,
+    rounds: u64,
+    n: usize,
+    a_service: &str,
+) -> anyhow::Result<TrafficFigures> {
+    use weft_tests::traffic_bench::{counting_cost, dashboard_get};
+    println!();
+    println!(
+        "## traffic: every subscriber reports 2 callers every 10 s, {rounds} rounds ({} s)",
+        rounds * 10
+    );
+    let rss_before: Vec<u64> = cps.iter().map(|c| c.rss_kib()).collect::<Result<_, _>>()?;
+    for round in 1..=rounds {
+        rounds_tx.send_replace(round);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    // The window's gauge is refreshed every 10 s.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let per_replica = n / cps.len();
+    let mut worst = 0.0f64;
+    for (i, (cp, before)) in cps.iter().zip(&rss_before).enumerate() {
+        let bytes = cp
+            .metric("weft_cp_traffic_window_bytes")
+            .unwrap_or(f64::NAN);
+        let reports = cp
+            .metric("weft_cp_traffic_reports_total")
+            .unwrap_or(f64::NAN);
+        let rss = cp.rss_kib()?;
+        let per_dp = bytes / per_replica as f64;
+        worst = worst.max(per_dp);
+        println!(
+            "replica {}: {reports} reports; window {:.1} kB = {per_dp:.0} bytes per dataplane; VmRSS {:+.1} MiB over the rounds",
+            i + 1,
+            bytes / 1000.0,
+            (rss as f64 - *before as f64) / 1024.0
+        );
+    }
+    let partial = rounds < weft_control_plane::traffic::WINDOW_BUCKETS as u64;
+
+    let http = cps[0].http;
+    let mut slowest = (0.0f64, 0.0f64);
+    for path in [
+        "/api/overview".to_owned(),
+        format!("/api/services/{a_service}"),
+        "/api/dataplanes".to_owned(),
+    ] {
+        let mut server = Vec::new();
+        let mut total = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..20 {
+            let t = dashboard_get(http, &path).await?;
+            server.push(t.server_ms);
+            total.push(t.total_ms);
+            bytes = t.bytes;
+        }
+        server.sort_by(f64::total_cmp);
+        total.sort_by(f64::total_cmp);
+        let (p50, max) = (server[server.len() / 2], server[server.len() - 1]);
+        println!(
+            "dashboard {path}: server p50 {p50:.1} ms, max {max:.1} ms; answered in p50 {:.1} ms; {:.1} kB",
+            total[total.len() / 2],
+            bytes as f64 / 1000.0
+        );
+        if max > slowest.1 {
+            slowest = (p50, max);
+        }
+    }
+
+    let cost = counting_cost(200_000).await;
+    let counting_cpu_percent = cost.cpu_percent(1000.0);
+    println!(
+        "sidecar counting (in this process): {:.0} ns per request (counters, connection, counted 2 kB body), {:.1} us per report of {} pairs; at 1,000 req/s {:.3}% of one core",
+        cost.ns_per_request,
+        cost.ns_per_report / 1000.0,
+        cost.pairs,
+        counting_cpu_percent
+    );
+    Ok(TrafficFigures {
+        dashboard_p50_ms: slowest.0,
+        dashboard_max_ms: slowest.1,
+        window_bytes_per_dataplane: worst,
+        partial,
+        counting_cpu_percent,
+    })
 }
