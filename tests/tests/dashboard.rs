@@ -112,30 +112,74 @@ impl Drop for Load {
     }
 }
 
+/// A mesh worth looking at: three services of three selectors in two regions, a
+/// gateway with two routes, and steady traffic through it.
+struct ShowMesh {
+    cp: ControlPlane,
+    _parts: Vec<(weft_tests::App, weft_tests::Sidecar)>,
+    _gw: Gateway,
+    _load: Load,
+}
+
+impl ShowMesh {
+    async fn start() -> ShowMesh {
+        let cp = ControlPlane::start(&[]).await;
+        let parts = vec![
+            deploy(&cp, "web", "http", 0, "h1", "eu").await,
+            deploy(&cp, "api", "http2", 0, "h2c", "us").await,
+            deploy(&cp, "db", "tcp", free_port(), "h1", "eu").await,
+        ];
+        cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
+        cp.weftctl_ok(&["route", "create", "api.example.com", "--service", "api"]);
+        let gw = Gateway::start(&cp, "edge", &[]).await;
+        gw.wait_route("api.example.com").await;
+        let load = Load::start(&gw);
+        // Wait for the figures the page should show.
+        eventually(FIGURES_WITHIN, || async {
+            let o = http(&cp, "/api/overview", &[]).json();
+            let rate = |name: &str| -> Option<f64> {
+                let s = o["services"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["name"] == name)?;
+                s["traffic"]["total"]["request_rate"].as_f64()
+            };
+            (rate("web")? > 0.0 && rate("api")? > 0.0).then_some(())
+        })
+        .await;
+        ShowMesh {
+            cp,
+            _parts: parts,
+            _gw: gw,
+            _load: load,
+        }
+    }
+}
+
+/// Screenshots for people: in target/test-artifacts/, and the README's in docs/ with
+/// WEFT_UPDATE_SCREENSHOT=1.
+fn screenshots(base: &str) {
+    let dir = browser::artifacts_dir();
+    let pages = [
+        ("dashboard.png", ""),
+        ("dashboard-service.png", "#/services/web"),
+    ];
+    for (name, page) in pages {
+        browser::screenshot(&format!("{base}{page}"), &dir.join(name));
+    }
+    if std::env::var_os("WEFT_UPDATE_SCREENSHOT").is_some() {
+        let docs = weft_tests::workspace_root().join("docs");
+        for (name, _) in pages {
+            std::fs::copy(dir.join(name), docs.join(name)).unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_dashboard_shows_services_selectors_sync_and_traffic_in_a_real_browser() {
     browser::chromium();
-    let cp = ControlPlane::start(&[]).await;
-    let (_web_app, _web) = deploy(&cp, "web", "http", 0, "h1", "eu").await;
-    let (_api_app, _api) = deploy(&cp, "api", "http2", 0, "h2c", "us").await;
-    let (_db_app, _db) = deploy(&cp, "db", "tcp", free_port(), "h1", "eu").await;
-    cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
-    cp.weftctl_ok(&["route", "create", "api.example.com", "--service", "api"]);
-    let gw = Gateway::start(&cp, "edge", &[]).await;
-    gw.wait_route("api.example.com").await;
-    let _load = Load::start(&gw);
-
-    // Wait for the figures the page should show, then look at it.
-    eventually(FIGURES_WITHIN, || async {
-        let o = http(&cp, "/api/overview", &[]).json();
-        let web = o["services"]
-            .as_array()?
-            .iter()
-            .find(|s| s["name"] == "web")?;
-        (web["traffic"]["total"]["request_rate"].as_f64()? > 0.0).then_some(())
-    })
-    .await;
-    let base = format!("http://127.0.0.1:{}/", cp.http.port());
+    let mesh = ShowMesh::start().await;
+    let base = format!("http://127.0.0.1:{}/", mesh.cp.http.port());
     let dom = browser::dump_dom(&base);
     for (service, selector) in [("web", "http"), ("api", "http2"), ("db", "tcp")] {
         let marker = format!("data-service=\"{service}\"");
@@ -150,11 +194,11 @@ async fn the_dashboard_shows_services_selectors_sync_and_traffic_in_a_real_brows
             "{service}: {dom}"
         );
     }
-    let rate: f64 = attr(&dom, "data-service=\"web\"", "data-rate")
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(rate > 0.0, "web's request rate shows: {dom}");
+    for service in ["web", "api"] {
+        let marker = format!("data-service=\"{service}\"");
+        let rate: f64 = attr(&dom, &marker, "data-rate").unwrap().parse().unwrap();
+        assert!(rate > 0.0, "{service}'s request rate shows: {dom}");
+    }
     assert!(dom.contains("1/1 in sync"), "{dom}");
     assert!(dom.contains("4 / 4"), "every dataplane connected: {dom}");
     assert!(
@@ -170,7 +214,10 @@ async fn the_dashboard_shows_services_selectors_sync_and_traffic_in_a_real_brows
         service.contains("web.example.com"),
         "the route to it: {service}"
     );
-    assert!(service.contains("data-source="), "who calls it: {service}");
+    assert!(
+        service.contains("data-source=\"gateway:edge\""),
+        "who calls it: {service}"
+    );
 
     let dataplanes = browser::dump_dom(&format!("{base}#/dataplanes"));
     assert_eq!(
@@ -184,25 +231,11 @@ async fn the_dashboard_shows_services_selectors_sync_and_traffic_in_a_real_brows
     );
     let routes = browser::dump_dom(&format!("{base}#/routes"));
     assert!(routes.contains("data-host=\"api.example.com\""), "{routes}");
-
-    // Screenshots for people: target/test-artifacts/, and the README's with
-    // WEFT_UPDATE_SCREENSHOT=1.
-    let dir = browser::artifacts_dir();
-    browser::screenshot(&base, &dir.join("dashboard.png"));
-    browser::screenshot(
-        &format!("{base}#/services/web"),
-        &dir.join("dashboard-service.png"),
-    );
-    if std::env::var_os("WEFT_UPDATE_SCREENSHOT").is_some() {
-        let docs = weft_tests::workspace_root().join("docs");
-        for name in ["dashboard.png", "dashboard-service.png"] {
-            std::fs::copy(dir.join(name), docs.join(name)).unwrap();
-        }
-    }
+    screenshots(&base);
 }
 
 #[tokio::test]
-async fn the_json_api_serves_one_document_per_page_and_nothing_that_writes() {
+async fn the_json_api_serves_one_document_per_page() {
     let cp = ControlPlane::start(&[]).await;
     let (_app, _web) = deploy(&cp, "web", "http", 0, "h1", "eu").await;
     cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
@@ -257,7 +290,12 @@ async fn the_json_api_serves_one_document_per_page_and_nothing_that_writes() {
         "web"
     );
     assert_eq!(http(&cp, "/api/traffic", &[]).json()["window_seconds"], 60);
+}
 
+#[tokio::test]
+async fn the_dashboard_only_reads_and_on_loopback_answers_only_to_local_names() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
     // Read-only: no method but GET on the pages and the API.
     for (method, path) in [
         ("POST", "/api/overview"),
@@ -319,7 +357,7 @@ fn session(a: &Answer) -> String {
 }
 
 #[tokio::test]
-async fn off_loopback_a_login_is_needed_and_a_viewer_session_ends_with_its_token() {
+async fn off_loopback_the_dashboard_asks_for_a_token_and_keeps_a_strict_session() {
     let cp = ControlPlane::start_http_on(Some([0, 0, 0, 0].into()), &[]).await;
     assert_eq!(http(&cp, "/", &[]).header("location"), Some("/login"));
     let denied = http(&cp, "/api/overview", &[]);
@@ -341,7 +379,7 @@ async fn off_loopback_a_login_is_needed_and_a_viewer_session_ends_with_its_token
     assert_eq!(wrong.status, 401);
     assert!(wrong.body.contains("not valid here"), "{}", wrong.body);
 
-    let (token, id) = viewer_token(&cp, "ops");
+    let (token, _) = viewer_token(&cp, "ops");
     let login = ["--data-urlencode", &format!("token={token}")];
     let cross_site = http(
         &cp,
@@ -374,7 +412,34 @@ async fn off_loopback_a_login_is_needed_and_a_viewer_session_ends_with_its_token
             .contains("; Secure")
     );
 
-    let with = |path: &str, cookie: &str| http(&cp, path, &["-H", &format!("Cookie: {cookie}")]);
+    let admin = http(
+        &cp,
+        "/login",
+        &["--data-urlencode", &format!("token={}", cp.admin_token())],
+    );
+    let as_admin = http(
+        &cp,
+        "/api/overview",
+        &["-H", &format!("Cookie: {}", session(&admin))],
+    );
+    assert_eq!(as_admin.json()["viewer"], "admin");
+}
+
+/// GET `path` with the session `cookie`.
+fn with_cookie(cp: &ControlPlane, path: &str, cookie: &str) -> Answer {
+    http(cp, path, &["-H", &format!("Cookie: {cookie}")])
+}
+
+#[tokio::test]
+async fn a_viewer_session_reads_until_its_token_is_revoked() {
+    let cp = ControlPlane::start_http_on(Some([0, 0, 0, 0].into()), &[]).await;
+    let (token, id) = viewer_token(&cp, "ops");
+    let cookie = session(&http(
+        &cp,
+        "/login",
+        &["--data-urlencode", &format!("token={token}")],
+    ));
+    let with = |path: &str, cookie: &str| with_cookie(&cp, path, cookie);
     let seen = with("/api/overview", &cookie);
     assert_eq!(seen.status, 200);
     assert!(
@@ -386,16 +451,6 @@ async fn off_loopback_a_login_is_needed_and_a_viewer_session_ends_with_its_token
     assert_eq!(with("/", &cookie).status, 200);
     let tampered = cookie.replacen("viewer", "admin", 1);
     assert_eq!(with("/api/overview", &tampered).status, 401);
-
-    let admin = http(
-        &cp,
-        "/login",
-        &["--data-urlencode", &format!("token={}", cp.admin_token())],
-    );
-    assert_eq!(
-        with("/api/overview", &session(&admin)).json()["viewer"],
-        "admin"
-    );
 
     // Revoking the token ends its sessions at once.
     cp.weftctl_ok(&["token", "revoke", &id]);
@@ -473,7 +528,20 @@ async fn a_viewer_token_reads_through_the_admin_api_and_every_write_is_refused()
         serde_json::from_str(&cp.weftctl_ok(&["service", "list", "-o", "json"])).unwrap();
     assert_eq!(services.as_array().unwrap().len(), 1);
 
-    // weftctl with the viewer token: reads work, a write says why not.
+    // A viewer token bootstraps nothing, and once revoked reads nothing.
+    let identity = weft_sidecar::control::bootstrap::obtain_identity(&cp.url(), &token, None).await;
+    assert!(identity.is_err(), "a viewer token is no bootstrap token");
+    cp.weftctl_ok(&["token", "revoke", &id]);
+    let err = call(&cp, "ListServices", &token).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("revoked"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn weftctl_with_a_viewer_token_reads_and_says_why_it_cannot_write() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    let (token, id) = viewer_token(&cp, "ops");
     let as_viewer = |args: &[&str]| cp.weftctl_with_token(&token, args);
     for read in [
         &["service", "list"][..],
@@ -498,12 +566,8 @@ async fn a_viewer_token_reads_through_the_admin_api_and_every_write_is_refused()
     let write = as_viewer(&["service", "create", "x", "--protocol", "http"]);
     assert_eq!(write.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&write.stderr).contains("viewer token only reads"));
-
-    // A viewer token bootstraps nothing, and once revoked reads nothing.
-    let identity = weft_sidecar::control::bootstrap::obtain_identity(&cp.url(), &token, None).await;
-    assert!(identity.is_err(), "a viewer token is no bootstrap token");
     cp.weftctl_ok(&["token", "revoke", &id]);
-    let err = call(&cp, "ListServices", &token).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(err.message().contains("revoked"), "{}", err.message());
+    let revoked = as_viewer(&["service", "list"]);
+    assert_eq!(revoked.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&revoked.stderr).contains("revoked"));
 }

@@ -27,6 +27,22 @@ async fn stats_when(cp: &ControlPlane, service: &str, done: impl Fn(&Value) -> b
     .await
 }
 
+/// The status of one request through the gateway's plain listener, as h2c.
+fn status_via(gw: &Gateway, host: &str, path: &str) -> String {
+    let target = gw.plain(host, path);
+    let mut args = vec![
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ];
+    args.extend(target.iter().map(String::as_str));
+    let (code, status, err) = curl(&args);
+    assert_eq!(code, 0, "{err}");
+    status
+}
+
 #[tokio::test]
 async fn requests_through_the_gateway_are_counted_at_the_inbound_and_shown_by_weftctl() {
     let cp = ControlPlane::start(&[]).await;
@@ -39,17 +55,7 @@ async fn requests_through_the_gateway_are_counted_at_the_inbound_and_shown_by_we
     // sidecar, which translates each request to the HTTP/1.1 app and counts it.
     for (path, status, times) in [("/", "200", 20), ("/status?code=500", "500", 5)] {
         for _ in 0..times {
-            let mut args = vec![
-                "--http2-prior-knowledge",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ];
-            let target = gw.plain("web.example.com", path);
-            args.extend(target.iter().map(String::as_str));
-            let (code, out, err) = curl(&args);
-            assert_eq!((code, out.as_str()), (0, status), "{err}");
+            assert_eq!(status_via(&gw, "web.example.com", path), status);
         }
     }
 
@@ -184,11 +190,11 @@ async fn requests_no_inbound_answered_are_counted_by_the_gateway() {
     let gw = Gateway::start(&cp, "edge", &[]).await;
     gw.wait_route("ghost.example.com").await;
     for _ in 0..4 {
-        let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
-        let target = gw.plain("ghost.example.com", "/");
-        args.extend(target.iter().map(String::as_str));
-        let (_, status, _) = curl(&args);
-        assert_eq!(status, "503", "no endpoint");
+        assert_eq!(
+            status_via(&gw, "ghost.example.com", "/"),
+            "503",
+            "no endpoint"
+        );
     }
     let ghost = stats_when(&cp, "ghost", |s| s["total"]["requests"] == 4).await;
     assert_eq!(ghost["total"]["responses"]["5xx"], 4, "{ghost:#}");
