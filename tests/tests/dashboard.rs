@@ -131,6 +131,16 @@ impl ShowMesh {
         ];
         cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
         cp.weftctl_ok(&["route", "create", "api.example.com", "--service", "api"]);
+        // With the default policy (allow), these change no call; the page lists them.
+        cp.weftctl_ok(&[
+            "permission",
+            "allow",
+            "--from",
+            "gateway:edge",
+            "--to",
+            "web",
+        ]);
+        cp.weftctl_ok(&["permission", "audit", "--from", "*", "--to", "db"]);
         let gw = Gateway::start(&cp, "edge", &[]).await;
         gw.wait_route("api.example.com").await;
         let load = Load::start(&gw);
@@ -231,6 +241,20 @@ async fn the_dashboard_shows_services_selectors_sync_and_traffic_in_a_real_brows
     );
     let routes = browser::dump_dom(&format!("{base}#/routes"));
     assert!(routes.contains("data-host=\"api.example.com\""), "{routes}");
+    let permissions = browser::dump_dom(&format!("{base}#/permissions"));
+    assert_eq!(
+        permissions.matches("data-permission=").count(),
+        2,
+        "{permissions}"
+    );
+    assert!(
+        permissions.contains("data-action=\"audit\""),
+        "{permissions}"
+    );
+    assert!(
+        permissions.contains("calls no permission matches are ALLOWED"),
+        "{permissions}"
+    );
     screenshots(&base);
 }
 
@@ -239,6 +263,16 @@ async fn the_json_api_serves_one_document_per_page() {
     let cp = ControlPlane::start(&[]).await;
     let (_app, _web) = deploy(&cp, "web", "http", 0, "h1", "eu").await;
     cp.weftctl_ok(&["route", "create", "web.example.com", "--service", "web"]);
+    cp.weftctl_ok(&[
+        "permission",
+        "deny",
+        "--from",
+        "gateway:edge",
+        "--to",
+        "web",
+        "--port",
+        "9",
+    ]);
 
     let overview = http(&cp, "/api/overview", &[]);
     assert_eq!(overview.status, 200);
@@ -290,6 +324,21 @@ async fn the_json_api_serves_one_document_per_page() {
         "web"
     );
     assert_eq!(http(&cp, "/api/traffic", &[]).json()["window_seconds"], 60);
+    assert_eq!(o["mesh"]["default_policy"], "allow");
+    assert_eq!(o["mesh"]["permissions"]["deny"], 1);
+    assert_eq!(
+        s["permissions"][0]["action"], "deny",
+        "the rule for web: {s:#}"
+    );
+    let p = http(&cp, "/api/permissions", &[]).json();
+    assert_eq!(p["permissions"][0]["from"], "gateway:edge");
+    assert_eq!(p["permissions"][0]["port"], 9);
+    assert!(
+        p["mesh"]["default_policy_text"]
+            .as_str()
+            .unwrap()
+            .contains("ALLOWED")
+    );
 }
 
 #[tokio::test]

@@ -9,14 +9,15 @@ use serde_json::{Value, json};
 use tonic::{Request, Status};
 use weft_proto::v1::admin_server::Admin as _;
 use weft_proto::v1::{
-    Dataplane, DataplaneKind, GetCaRequest, GetServiceRequest, GetTrafficStatsRequest,
-    ListDataplanesRequest, ListRoutesRequest, ListServicesRequest, TrafficStats,
+    Dataplane, DataplaneKind, GetCaRequest, GetMeshRequest, GetServiceRequest,
+    GetTrafficStatsRequest, ListDataplanesRequest, ListPermissionsRequest, ListRoutesRequest,
+    ListServicesRequest, MeshInfo, Permission, TrafficStats,
 };
 
 use crate::api::Shared;
 use crate::api::admin::AdminService;
 use crate::cli::output::time_json;
-use crate::cli::{traffic, views};
+use crate::cli::{authz, traffic, views};
 use crate::registry::now_unix;
 use crate::warnings;
 
@@ -76,6 +77,23 @@ impl Api {
             .into_inner())
     }
 
+    async fn mesh(&self) -> Result<MeshInfo, Status> {
+        Ok(self
+            .admin
+            .get_mesh(Request::new(GetMeshRequest {}))
+            .await?
+            .into_inner())
+    }
+
+    async fn permission_list(&self) -> Result<Vec<Permission>, Status> {
+        Ok(self
+            .admin
+            .list_permissions(Request::new(ListPermissionsRequest {}))
+            .await?
+            .into_inner()
+            .permissions)
+    }
+
     async fn dataplanes(&self) -> Result<(Vec<Dataplane>, u64), Status> {
         let list = self
             .admin
@@ -101,6 +119,7 @@ impl Api {
             .await?
             .into_inner();
         let stats = self.traffic("").await?;
+        let mesh = self.mesh().await?;
         let now = now_unix();
         let ttl = self.shared.cert_ttl;
 
@@ -152,6 +171,7 @@ impl Api {
                 "roots": ca.roots.len(),
                 "cert_ttl": crate::cli::output::duration_text(ca.cert_ttl_seconds),
             },
+            "mesh": mesh_json(&mesh),
             "services": service_rows,
             "warnings": warnings,
             "traffic": coverage(&stats),
@@ -178,6 +198,14 @@ impl Api {
                 .push(views::dataplane_json(d, latest));
         }
         let routes = self.routes_json(Some(name)).await?;
+        // The rules that can decide calls to this service.
+        let permissions: Vec<Value> = self
+            .permission_list()
+            .await?
+            .iter()
+            .filter(|p| p.destination == name || p.destination == "*")
+            .map(authz::permission_json)
+            .collect();
         let stats = self.traffic(name).await?;
         let figures = stats
             .services
@@ -193,6 +221,8 @@ impl Api {
                 "dataplanes": dataplanes,
             })).collect::<Vec<_>>(),
             "routes": routes,
+            "permissions": permissions,
+            "mesh": mesh_json(&self.mesh().await?),
             "warnings": detail.warnings,
             "traffic": figures,
             "coverage": coverage(&stats),
@@ -233,16 +263,33 @@ impl Api {
         Ok(json!({ "routes": self.routes_json(None).await? }))
     }
 
+    /// The permissions and the default policy, as `weftctl permission list` and `weftctl
+    /// mesh show` print them.
+    pub async fn permissions(&self) -> Result<Value, Status> {
+        let rules = self.permission_list().await?;
+        Ok(json!({
+            "mesh": mesh_json(&self.mesh().await?),
+            "permissions": rules.iter().map(authz::permission_json).collect::<Vec<_>>(),
+        }))
+    }
+
     /// Every service's figures, as `weftctl service stats -o json` prints them.
     pub async fn traffic_page(&self) -> Result<Value, Status> {
         Ok(traffic::traffic_json(&self.traffic("").await?))
     }
 }
 
-/// The pages the dashboard offers, for its navigation. A page for permissions joins
-/// when the admin API can list them.
+/// The mesh settings as `weftctl mesh show -o json` prints them, with the default
+/// policy in words.
+fn mesh_json(mesh: &MeshInfo) -> Value {
+    let mut j = authz::mesh_json(mesh);
+    j["default_policy_text"] = json!(authz::default_policy_text(mesh));
+    j
+}
+
+/// The pages the dashboard offers, for its navigation.
 fn pages() -> Value {
-    json!(["overview", "dataplanes", "routes"])
+    json!(["overview", "dataplanes", "routes", "permissions"])
 }
 
 #[cfg(test)]

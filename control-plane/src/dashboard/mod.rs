@@ -2,7 +2,8 @@
 //!
 //! Plain HTML, CSS and JavaScript embedded in the binary (no build step, nothing
 //! fetched from elsewhere) that read one JSON document per page under `/api/` and
-//! refresh it every 2 s. Pages: the mesh overview, a service, dataplanes, routes.
+//! refresh it every 2 s. Pages: the mesh overview, a service, dataplanes, routes,
+//! permissions.
 //! [`access`] decides who may look; [`api`] builds the JSON from the admin API's own
 //! read calls. Nothing here can change the mesh: there is no write endpoint.
 
@@ -212,6 +213,7 @@ impl Dashboard {
             "/api/overview" => self.api.overview().await,
             "/api/dataplanes" => self.api.dataplanes_page().await,
             "/api/routes" => self.api.routes().await,
+            "/api/permissions" => self.api.permissions().await,
             "/api/traffic" => self.api.traffic_page().await,
             p => match p.strip_prefix("/api/services/") {
                 Some(name) if crate::validate::name("service", name).is_ok() => {

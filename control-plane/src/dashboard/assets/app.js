@@ -9,7 +9,7 @@ const REFRESH_MS = 2000;
 const SVG_NS = 'http://www.w3.org/2000/svg';
 const PAGE_TITLES = { overview: 'Overview', dataplanes: 'Dataplanes', routes: 'Routes', permissions: 'Permissions' };
 
-let pages = ['overview', 'dataplanes', 'routes'];
+let pages = ['overview', 'dataplanes', 'routes', 'permissions'];
 let timer = null;
 let generation = 0;
 
@@ -153,6 +153,7 @@ function renderOverview(d) {
         dp.in_sync === dp.connected ? 'ok' : 'warn'),
       card('CA rotation', ca.phase, ca.summary || ca.roots + ' root(s), certificates live ' + ca.cert_ttl,
         ca.phase === 'distributing' ? 'warn' : 'ok'),
+      policyCard(d.mesh),
       card('Warnings', d.warnings.length, null, d.warnings.length ? 'warn' : 'ok')),
     h('section', {},
       h('h2', {}, 'Services'),
@@ -216,6 +217,25 @@ function legend() {
     h('span', { class: 'key p99' }), 'p99');
 }
 
+function policyCard(mesh) {
+  const p = mesh.permissions;
+  return card('Default policy', mesh.default_policy,
+    (p.allow + p.deny + p.audit) + ' permission(s): ' + p.allow + ' allow, ' + p.deny + ' deny, ' + p.audit + ' audit',
+    mesh.default_policy === 'deny' ? 'ok' : '');
+}
+
+function permissionRows(rules) {
+  return rules.map((r) => h('tr', { 'data-permission': r.id, 'data-action': r.action },
+    h('td', { class: 'mono' }, r.id),
+    h('td', {}, pill(r.action, r.action === 'deny' ? 'bad' : r.action === 'audit' ? 'warn' : 'ok')),
+    h('td', {}, r.from),
+    h('td', {}, r.to === '*' ? '*' : link('#/services/' + r.to, r.to)),
+    h('td', { class: 'num' }, r.port === null ? '*' : r.port),
+    h('td', {}, r.created_at ? new Date(r.created_at).toLocaleString() : '–')));
+}
+
+const PERMISSION_HEADERS = ['Rule', 'Action', 'From', 'To', 'Port', 'Created'];
+
 function dataplaneRow(dp) {
   return h('tr', { 'data-dataplane': dp.id, 'data-in-sync': dp.in_sync },
     h('td', { class: 'mono' }, dp.id),
@@ -264,6 +284,10 @@ function renderService(d) {
       table('callers', ['Source', 'Req/s', 'Success', 'Requests', 'Errors', 'In', 'Out'], callers, 'Nobody called it in the window.')),
     h('section', {}, h('h2', {}, 'Gateway routes'),
       table('routes', ['Host', 'Path prefix', 'Prefer region'], routes, 'No gateway route points at it.')),
+    h('section', {}, h('h2', {}, 'Permissions'),
+      table('permissions', PERMISSION_HEADERS, permissionRows(d.permissions),
+        'No permission names it: calls follow the default policy.'),
+      h('p', { class: 'note' }, 'Default policy: ' + d.mesh.default_policy_text + '.')),
     h('section', {}, h('h2', {}, 'Warnings'), warningList(d.warnings)),
     h('p', { class: 'note' }, 'Traffic: ' + d.coverage.note + '.'),
   ];
@@ -304,6 +328,20 @@ function renderRoutes(d) {
   ];
 }
 
+function renderPermissions(d) {
+  const p = d.mesh.permissions;
+  return [
+    h('h1', {}, 'Permissions'),
+    h('section', { class: 'cards' },
+      policyCard(d.mesh),
+      card('Deny rules', p.deny, 'any matching deny refuses the call', p.deny ? 'warn' : ''),
+      card('Audit rules', p.audit, 'allowed, logged and counted as would-be denials', p.audit ? 'warn' : '')),
+    h('p', { class: 'note', id: 'default-policy' }, 'Default policy: ' + d.mesh.default_policy_text + '.'),
+    table('permissions', PERMISSION_HEADERS, permissionRows(d.permissions),
+      'No permissions: every call follows the default policy.'),
+  ];
+}
+
 // ---- Navigation and refresh -------------------------------------------------------
 
 const ROUTES = [
@@ -311,6 +349,7 @@ const ROUTES = [
   [/^#\/services\/([a-z0-9-]+)$/, (m) => '/api/services/' + m[1], renderService, null],
   [/^#\/dataplanes$/, () => '/api/dataplanes', renderDataplanes, 'dataplanes'],
   [/^#\/routes$/, () => '/api/routes', renderRoutes, 'routes'],
+  [/^#\/permissions$/, () => '/api/permissions', renderPermissions, 'permissions'],
 ];
 
 function current() {
