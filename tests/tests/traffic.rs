@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_tests::{ControlPlane, Gateway, client_sidecar, curl, deploy, eventually, py_ok};
+use weft_tests::{ControlPlane, Gateway, bin, client_sidecar, curl, deploy, eventually, py, py_ok};
 
 /// Reports come every 10 s and only complete 10 s buckets count: figures show within
 /// about 20 s of the traffic.
@@ -221,4 +221,45 @@ async fn stats_arguments_are_checked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no traffic reported"), "{err}");
     assert!(err.contains("from 0 of the 0 dataplanes"), "{err}");
+}
+
+#[tokio::test]
+async fn top_on_a_terminal_refreshes_until_ctrl_c_and_gives_the_screen_back() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    let weftctl = bin("weftctl").display().to_string();
+    let ca = cp.data_dir.join("ca.pem").display().to_string();
+    let (token, url) = (cp.admin_token(), cp.url());
+    let command = [
+        "--seconds",
+        "3",
+        "--",
+        &weftctl,
+        "--cp",
+        &url,
+        "--token",
+        &token,
+        "--ca",
+        &ca,
+        "top",
+        "--interval",
+        "1s",
+    ];
+    let (run, _) = py("pty_run.py", &command);
+    assert_eq!(run["exited_after_interrupt"], true, "{run:#}");
+    assert_eq!(run["exit_code"], 0, "Ctrl-C is a normal way out: {run:#}");
+    let screen = run["output"].as_str().unwrap();
+    assert!(
+        screen.starts_with("\u{1b}[?1049h"),
+        "the alternate screen: {screen:?}"
+    );
+    assert!(
+        screen.trim_end().ends_with("\u{1b}[?1049l"),
+        "given back: {screen:?}"
+    );
+    assert!(
+        screen.matches("REQ/S").count() >= 2,
+        "refreshed: {screen:?}"
+    );
+    assert!(screen.contains("(Ctrl-C quits)"), "{screen:?}");
 }
