@@ -144,8 +144,8 @@ impl Dashboard {
             }
             (&Method::GET, "/" | "/index.html") => match self.gate.visitor(req.headers()).await {
                 Ok(_) => reply(StatusCode::OK, "text/html; charset=utf-8", INDEX),
-                Err(Refusal::ForeignHost(h)) => {
-                    error_json(StatusCode::FORBIDDEN, &Refusal::ForeignHost(h).to_string())
+                Err(r @ Refusal::ForeignHost(_)) => {
+                    error_json(StatusCode::FORBIDDEN, &r.to_string())
                 }
                 Err(_) => redirect("/login", None),
             },
