@@ -48,13 +48,25 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
+/// Ports handed out by [`free_port`]: below Linux's default ephemeral range
+/// (32768..=60999), so that no outgoing connection of another test (a PostgreSQL
+/// client, a pooled tunnel) can take a port between the moment it is picked and
+/// the moment the process under test binds it.
+const TEST_PORTS: std::ops::Range<u16> = 20000..32768;
+
+/// A free TCP port on 127.0.0.1: a random one of [`TEST_PORTS`] that binds now.
+///
+/// Asking the kernel for port 0 would return an ephemeral port, which the kernel
+/// also gives to outgoing connections: a test that releases it and starts a
+/// server on it later loses the race now and then ("Address already in use").
+/// Tests run in parallel processes, so the pick is random rather than counted.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = fastrand::u16(TEST_PORTS);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running `weft-cp`.
