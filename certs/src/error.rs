@@ -177,7 +177,20 @@ pub enum CertError {
     Tls(#[from] rustls::Error),
     /// The issuer (normally the control plane's identity service) failed.
     #[error("certificate issuance failed: {0}")]
-    Issuer(String),
+    Issuer(IssueError),
+}
+
+/// Why an [`Issuer`](crate::Issuer) returned no certificate, told apart by whether
+/// asking again can help: a sidecar retries the first kind and gives up on the second.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum IssueError {
+    /// The CA could not be reached, or failed for a reason that may pass.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The CA refused the request (token or dataplane revoked, service deleted, a CSR
+    /// for another identity): asking again gets the same answer.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<rcgen::Error> for CertError {

@@ -31,7 +31,7 @@ pub mod token;
 
 pub use bundle::TrustBundle;
 pub use ca::{CertificateAuthority, IssuedCert};
-pub use error::{CertError, CsrError, IdError};
+pub use error::{CertError, CsrError, IdError, IssueError};
 pub use identity::{Identity, generate_csr, serial_hex, sha256_hex, spiffe_id_of};
 pub use revocation::Revocations;
 pub use rotation::{Credentials, IdentityManager, IssuedPem, Issuer};

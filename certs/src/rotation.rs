@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::bundle::TrustBundle;
 use crate::ca::CLOCK_SKEW_ALLOWANCE;
-use crate::error::CertError;
+use crate::error::{CertError, IssueError};
 use crate::identity::{Identity, generate_csr};
 use crate::spiffe::SpiffeId;
 use crate::tls::verify_chain;
@@ -39,8 +39,9 @@ const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
 /// Anything that can turn a CSR into a certificate. The sidecar implements it with the
 /// gRPC identity client; tests implement it with an in-memory CA.
 pub trait Issuer: Send + Sync + 'static {
-    /// Sends `csr_pem` to the CA. The error string is logged as-is, so make it say what failed.
-    fn issue(&self, csr_pem: String) -> impl Future<Output = Result<IssuedPem, String>> + Send;
+    /// Sends `csr_pem` to the CA. The error's message is logged as-is, so make it say
+    /// what failed; its kind says whether a retry can help.
+    fn issue(&self, csr_pem: String) -> impl Future<Output = Result<IssuedPem, IssueError>> + Send;
 }
 
 /// What the CA returns for a CSR.

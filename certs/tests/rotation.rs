@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{CaIssuer, DAY, bootstrap, bundle, handshake, identity, ping, svc, td};
 use weft_certs::{
-    CertError, CertificateAuthority, IdentityManager, IssuedPem, Issuer, TrustBundle,
+    CertError, CertificateAuthority, IdentityManager, IssueError, IssuedPem, Issuer, TrustBundle,
     mesh_client_config, mesh_server_config, peer_spiffe_id,
 };
 
@@ -96,7 +96,7 @@ struct Flaky {
 }
 
 impl Issuer for Flaky {
-    async fn issue(&self, csr_pem: String) -> Result<IssuedPem, String> {
+    async fn issue(&self, csr_pem: String) -> Result<IssuedPem, IssueError> {
         use std::sync::atomic::Ordering;
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self
@@ -104,7 +104,9 @@ impl Issuer for Flaky {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            return Err("control plane unavailable".to_owned());
+            return Err(IssueError::Unavailable(
+                "control plane unavailable".to_owned(),
+            ));
         }
         self.inner.issue(csr_pem).await
     }
@@ -164,14 +166,14 @@ async fn obtain_checks_what_it_gets() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, CertError::Issuer(m) if m.contains("spiffe://weft.local/service/other")),
+        matches!(&err, CertError::Issuer(IssueError::Refused(m)) if m.contains("spiffe://weft.local/service/other")),
         "{err}"
     );
 
     // An issuer whose bundle does not cover the leaf is refused.
     struct BadBundle(CaIssuer, String);
     impl Issuer for BadBundle {
-        async fn issue(&self, csr_pem: String) -> Result<IssuedPem, String> {
+        async fn issue(&self, csr_pem: String) -> Result<IssuedPem, IssueError> {
             let mut issued = self.0.issue(csr_pem).await?;
             issued.trust_bundle_pem = self.1.clone();
             Ok(issued)

@@ -79,12 +79,7 @@ async fn identity(
             Ok((id, identity, bundle)) => {
                 return Ok(Arc::new(IdentityManager::new(id, identity, bundle)));
             }
-            Err(crate::control::ControlError::Unreachable { url, detail })
-                if !detail.contains("PermissionDenied")
-                    && !detail.contains("Unauthenticated")
-                    && !detail.contains("InvalidArgument")
-                    && !detail.contains("FailedPrecondition") =>
-            {
+            Err(crate::control::ControlError::Unreachable { url, detail }) => {
                 tracing::warn!(%url, error = %detail, "cannot obtain a certificate yet; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -215,3 +215,58 @@ async fn an_sqlite_store_gets_its_ca_key_sealed_when_a_secret_is_given_and_then_
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("encrypted; pass --ca-key-secret"), "{err}");
 }
+
+/// Runs `weft-sidecar run` with `token` against `cp_url` and waits up to `within` for
+/// it to exit: Some((success, log)) if it did, None if it was still running (then killed).
+fn sidecar_exit(cp_url: &str, token: &str, within: Duration) -> Option<(bool, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sidecar.log");
+    let port = |p: u16| format!("127.0.0.1:{p}");
+    let mut child = std::process::Command::new(weft_tests::bin("weft-sidecar"))
+        .args(["run", "--cp", cp_url, "--token", token, "--service", "web"])
+        .args(["--app", &port(weft_tests::free_port())])
+        .args(["--inbound", &port(weft_tests::free_port())])
+        .args(["--admin", &port(weft_tests::free_port())])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log).unwrap()
+        + &std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    status.map(|s| (s.success(), text))
+}
+
+#[tokio::test]
+async fn a_sidecar_gives_up_on_a_refused_token_and_waits_for_an_unreachable_control_plane() {
+    let cp = ControlPlane::start(&[]).await;
+    cp.weftctl_ok(&["service", "create", "web", "--protocol", "http"]);
+    let token = cp.token_for(DataplaneKind::Sidecar, "web").await;
+    let claims = weft_certs::token::parse_unverified(&token).unwrap();
+    cp.weftctl_ok(&["token", "revoke", &claims.id]);
+
+    // A refusal does not pass by retrying: the sidecar exits and says why.
+    let (ok, log) = sidecar_exit(&cp.url(), &token, Duration::from_secs(20))
+        .expect("a sidecar with a revoked token must exit, not retry forever");
+    assert!(!ok, "{log}");
+    assert!(log.contains("revoked"), "{log}");
+
+    // A control plane that does not answer may come back: the sidecar keeps trying.
+    let token = cp.token_for(DataplaneKind::Sidecar, "web").await;
+    let nobody = format!("https://127.0.0.1:{}", weft_tests::free_port());
+    assert!(
+        sidecar_exit(&nobody, &token, Duration::from_secs(3)).is_none(),
+        "a sidecar whose control plane is unreachable must keep retrying"
+    );
+}

@@ -9,8 +9,8 @@ use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 use weft_certs::{
-    CertificateAuthority, Identity, IdentityKind, IdentityManager, IssuedPem, Issuer, SpiffeId,
-    TrustBundle, TrustDomain, generate_csr,
+    CertificateAuthority, Identity, IdentityKind, IdentityManager, IssueError, IssuedPem, Issuer,
+    SpiffeId, TrustBundle, TrustDomain, generate_csr,
 };
 
 pub const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -96,11 +96,11 @@ pub struct CaIssuer {
 }
 
 impl Issuer for CaIssuer {
-    async fn issue(&self, csr_pem: String) -> Result<IssuedPem, String> {
+    async fn issue(&self, csr_pem: String) -> Result<IssuedPem, IssueError> {
         let issued = self
             .ca
             .issue_from_csr(&csr_pem, &self.id, self.ttl)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| IssueError::Refused(e.to_string()))?;
         Ok(IssuedPem {
             cert_chain_pem: issued.chain_pem,
             trust_bundle_pem: self.ca.cert_pem().to_owned(),

@@ -12,8 +12,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 use weft_certs::token::{BootstrapClaims, parse_unverified};
 use weft_certs::{
-    Credentials, Identity, IdentityManager, IssuedPem, Issuer, SpiffeId, TrustBundle,
-    control_plane_client_config, pinned_ca_client_config,
+    CertError, Credentials, Identity, IdentityManager, IssueError, IssuedPem, Issuer, SpiffeId,
+    TrustBundle, control_plane_client_config, pinned_ca_client_config,
 };
 use weft_proto::v1::IssueCertificateRequest;
 use weft_proto::v1::identity_client::IdentityClient;
@@ -30,7 +30,7 @@ pub struct GrpcIssuer {
 }
 
 impl Issuer for GrpcIssuer {
-    async fn issue(&self, csr_pem: String) -> Result<IssuedPem, String> {
+    async fn issue(&self, csr_pem: String) -> Result<IssuedPem, IssueError> {
         let resp = self
             .client
             .clone()
@@ -40,20 +40,25 @@ impl Issuer for GrpcIssuer {
             })
             .await
             .map_err(|s| {
-                // A refusal (token revoked, dataplane revoked, service deleted) will not
-                // pass by retrying: say so loudly, with the control plane's advice.
-                if self.token.is_empty()
-                    && matches!(
-                        s.code(),
-                        Code::PermissionDenied | Code::FailedPrecondition | Code::Unauthenticated
-                    )
-                {
+                // A refusal (token revoked, dataplane revoked, service deleted, a bad CSR)
+                // will not pass by retrying: say so loudly, with the control plane's advice.
+                let refused = matches!(
+                    s.code(),
+                    Code::PermissionDenied
+                        | Code::FailedPrecondition
+                        | Code::Unauthenticated
+                        | Code::InvalidArgument
+                );
+                if !refused {
+                    return IssueError::Unavailable(status_line(&s));
+                }
+                if self.token.is_empty() {
                     tracing::error!(
                         reason = %s.message(),
                         "the control plane refuses to renew this dataplane's certificate: it stops serving when the certificate expires (/ready then says so); follow the reason to bring it back"
                     );
                 }
-                status_line(&s)
+                IssueError::Refused(status_line(&s))
             })?
             .into_inner();
         Ok(IssuedPem {
@@ -99,13 +104,15 @@ pub async fn obtain_identity(
         client: IdentityClient::new(fixed_channel(cp_url, tls)?),
         token: token.trim().to_owned(),
     };
-    let (identity, bundle) =
-        IdentityManager::obtain(&id, &issuer)
-            .await
-            .map_err(|e| ControlError::Unreachable {
+    let (identity, bundle) = IdentityManager::obtain(&id, &issuer)
+        .await
+        .map_err(|e| match e {
+            CertError::Issuer(IssueError::Unavailable(detail)) => ControlError::Unreachable {
                 url: cp_url.to_owned(),
-                detail: e.to_string(),
-            })?;
+                detail,
+            },
+            refused => ControlError::Refused(refused.to_string()),
+        })?;
     if let Some(state) = state {
         state.save_identity(identity.chain_pem(), identity.key_pem(), &bundle.to_pem())?;
     }
