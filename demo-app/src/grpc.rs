@@ -130,16 +130,27 @@ impl CallInfo {
     }
 }
 
+/// How much earlier than our deadline a caller's deadline reset may arrive.
+const DEADLINE_SLACK: Duration = Duration::from_millis(100);
+
 /// Logs "request cancelled" if dropped before [`CancelGuard::done`]: that is what
 /// happens to a handler whose caller reset the stream (cancel or client deadline).
+/// The caller's clock for its deadline started a transit time before ours, so its
+/// reset can arrive just before our own timer fires: a reset within
+/// [`DEADLINE_SLACK`] of the call's deadline, or after it, is logged as the deadline.
 struct CancelGuard {
     rpc: &'static str,
+    deadline: Option<Instant>,
     done: bool,
 }
 
 impl CancelGuard {
-    fn new(rpc: &'static str) -> Self {
-        CancelGuard { rpc, done: false }
+    fn new(rpc: &'static str, deadline: Option<Instant>) -> Self {
+        CancelGuard {
+            rpc,
+            deadline,
+            done: false,
+        }
     }
 
     fn done(mut self) {
@@ -149,7 +160,19 @@ impl CancelGuard {
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        if !self.done {
+        if self.done {
+            return;
+        }
+        if self
+            .deadline
+            .is_some_and(|d| d <= Instant::now() + DEADLINE_SLACK)
+        {
+            tracing::info!(
+                rpc = self.rpc,
+                status = "DEADLINE_EXCEEDED",
+                "request cancelled: deadline exceeded"
+            );
+        } else {
             tracing::info!(rpc = self.rpc, status = "CANCELLED", "request cancelled");
         }
     }
@@ -163,7 +186,7 @@ impl Echo for EchoService {
     ) -> Result<tonic::Response<EchoReply>, Status> {
         let call = CallInfo::of(&req);
         let msg = req.into_inner();
-        let guard = CancelGuard::new("Unary");
+        let guard = CancelGuard::new("Unary", call.deadline);
         let result = pause("Unary", msg.sleep_ms, call.deadline).await;
         guard.done();
         result?;
@@ -179,7 +202,7 @@ impl Echo for EchoService {
     ) -> Result<tonic::Response<Self::ServerStreamStream>, Status> {
         let call = CallInfo::of(&req);
         let msg = req.into_inner();
-        let guard = CancelGuard::new("ServerStream");
+        let guard = CancelGuard::new("ServerStream", call.deadline);
         let result = pause("ServerStream", msg.sleep_ms, call.deadline).await;
         guard.done();
         result?;
@@ -220,7 +243,7 @@ impl Echo for EchoService {
     ) -> Result<tonic::Response<EchoReply>, Status> {
         let call = CallInfo::of(&req);
         let mut stream = req.into_inner();
-        let guard = CancelGuard::new("ClientStream");
+        let guard = CancelGuard::new("ClientStream", call.deadline);
         let mut joined = String::new();
         let mut count = 0u32;
         // A read error means the caller went away: the guard logs it.
