@@ -52,10 +52,16 @@ async fn revisions_grow_deletes_leave_tombstones_and_refusals_write_nothing() {
         assert_eq!(b.port, 0);
         let unchanged = s.set_protocol("a", Protocol::Http).await.unwrap();
         assert_eq!(unchanged.revision, a.revision, "a no-op does not bump");
+        let changed = s.set_protocol("a", Protocol::Http2).await.unwrap();
+        assert!(changed.revision > b.revision);
         let before = s.revision().await.unwrap();
         assert!(matches!(
             s.create_service("c", Protocol::Http, 8080, 1).await,
             Err(StoreError::AlreadyExists(m)) if m.contains("port 8080") && m.contains("\"a\"")
+        ));
+        assert!(matches!(
+            s.create_service("a", Protocol::Http, 0, 1).await,
+            Err(StoreError::AlreadyExists(_))
         ));
         assert!(matches!(
             s.create_route(route("x.example.com", "missing")).await,

@@ -1,5 +1,7 @@
-//! The SQLite backend's behaviour: revisions, tombstones, refusals that write nothing,
-//! migrations of older stores, durability across reopening.
+//! The SQLite backend's own behaviour: migrations of older stores, durability across
+//! reopening, CA roots, permissions and revocation on one file. The contract both
+//! backends share (revisions, tombstones, refusals that write nothing, the lease) is
+//! tested once for both, in the tests crate (`store_backends.rs`).
 
 use rusqlite::Connection;
 use weft_proto::v1::{DataplaneKind, Protocol, Route};
@@ -12,83 +14,6 @@ fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("weft.db")).unwrap();
     (dir, s)
-}
-
-#[tokio::test]
-async fn revisions_grow_and_deletes_leave_tombstones() {
-    let (_d, s) = store();
-    let a = s
-        .create_service("a", Protocol::Http, 8080, 1)
-        .await
-        .unwrap();
-    let b = s.create_service("b", Protocol::Grpc, 0, 1).await.unwrap();
-    assert!(b.revision > a.revision);
-    let a2 = s.set_protocol("a", Protocol::Http2).await.unwrap();
-    assert!(a2.revision > b.revision);
-    let del = s.delete_service("b").await.unwrap();
-    let st = s.config_state().await.unwrap();
-    assert_eq!(st.revision, del);
-    assert_eq!(st.services.len(), 1);
-    assert_eq!(
-        st.tombstones,
-        vec![Tombstone {
-            kind: TombstoneKind::Service,
-            key: "b".into(),
-            revision: del
-        }]
-    );
-    // Recreating clears the tombstone.
-    s.create_service("b", Protocol::Tcp, 0, 2).await.unwrap();
-    assert!(s.config_state().await.unwrap().tombstones.is_empty());
-}
-
-#[tokio::test]
-async fn failed_changes_write_nothing() {
-    let (_d, s) = store();
-    s.create_service("a", Protocol::Http, 8080, 1)
-        .await
-        .unwrap();
-    let before = s.config_state().await.unwrap().revision;
-    assert!(matches!(
-        s.create_service("b", Protocol::Http, 8080, 1).await,
-        Err(StoreError::AlreadyExists(m)) if m.contains("port 8080") && m.contains("\"a\"")
-    ));
-    assert!(matches!(
-        s.create_service("a", Protocol::Http, 0, 1).await,
-        Err(StoreError::AlreadyExists(_))
-    ));
-    assert!(matches!(
-        s.create_route(Route {
-            host: "x.example.com".into(),
-            path_prefix: "/".into(),
-            service: "missing".into(),
-            ..Default::default()
-        })
-        .await,
-        Err(StoreError::NotFound(_))
-    ));
-    assert_eq!(s.config_state().await.unwrap().revision, before);
-    assert_eq!(s.list_services().await.unwrap().len(), 1);
-}
-
-#[tokio::test]
-async fn routes_block_service_deletion() {
-    let (_d, s) = store();
-    s.create_service("web", Protocol::Http, 0, 1).await.unwrap();
-    s.create_route(Route {
-        host: "*.example.com".into(),
-        path_prefix: "/".into(),
-        service: "web".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    assert!(matches!(
-        s.delete_service("web").await,
-        Err(StoreError::FailedPrecondition(m)) if m.contains("*.example.com")
-    ));
-    s.delete_route("*.example.com", "/").await.unwrap();
-    s.delete_service("web").await.unwrap();
 }
 
 #[tokio::test]
@@ -112,28 +37,6 @@ async fn a_route_keeps_its_region_preference() {
     let st = s.config_state().await.unwrap();
     assert_eq!(st.routes, [second]);
     assert!(st.tombstones.is_empty(), "re-creating clears the tombstone");
-}
-
-#[tokio::test]
-async fn dataplane_reconnect_without_change_does_not_bump() {
-    let (_d, s) = store();
-    let reg = DataplaneRegistration {
-        cert_serial: "01".into(),
-        id: "service/web/127.0.0.1:15008".into(),
-        kind: DataplaneKind::Sidecar,
-        name: "web".into(),
-        region: "eu".into(),
-        address: "127.0.0.1:15008".into(),
-        cert_expiry: 0,
-        now: 1,
-    };
-    let first = s.register_dataplane(reg.clone()).await.unwrap();
-    let again = s.register_dataplane(reg.clone()).await.unwrap();
-    assert_eq!(first.revision, again.revision);
-    s.set_dataplane_health(&reg.id, false, None).await.unwrap();
-    let back = s.register_dataplane(reg.clone()).await.unwrap();
-    assert!(back.healthy);
-    assert!(back.revision > first.revision);
 }
 
 fn root(sha: &str, signing: bool, added_at: i64) -> CaRootRecord {
