@@ -213,12 +213,81 @@ pub async fn run(
     cfg: CpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Core {
+        store,
+        meta,
+        hub,
+        ca,
+        created,
+    } = start_core(&cfg).await?;
+    let metrics = Arc::new(Metrics::new());
+    spawn_config_version_gauge(&metrics, &hub);
+    let replica = ReplicaRecord {
+        id: random_hex(8)?,
+        address: replica_address(&cfg),
+        started_at_ms: now_ms(),
+        heartbeat_ms: 0,
+    };
+    // Visible to the other replicas before this one serves anything.
+    store.heartbeat(&replica).await?;
+    let leader = Leader::new(replica.clone(), store.clone());
+    tokio::spawn(leader.clone().heartbeat());
+    let registry = Registry::new(replica.id.clone(), store.clone(), hub.clone());
+
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        hub,
+        registry,
+        ca: ca.clone(),
+        metrics,
+        control_plane_id: meta.control_plane_id.clone(),
+        token_key: meta.token_key.clone(),
+        cert_ttl: cfg.cert_ttl,
+        traffic: TrafficWindow::new(),
+        leader: leader.clone(),
+        store_shown: cfg.store.describe(&cfg.data_dir),
+        auth: auth::Authenticator::new(
+            meta.admin_token_sha256.clone(),
+            meta.token_key.clone(),
+            store,
+        ),
+        advertise: AdvertisePolicy {
+            single_host: cfg.listen.ip().is_loopback(),
+            allowed: cfg.allow_advertise.clone(),
+        },
+    });
+    spawn_traffic_pruning(&shared);
+    let (dns, ips) = serving_names(&cfg);
+    let serving = ServerTls::new(serving_config(&ca, &dns, &ips)?);
+    spawn_serving_renewal(ca.clone(), serving.clone(), dns, ips);
+    tokio::spawn(leader.clone().run(leader_duties(&cfg, &shared)));
+
+    serve(&cfg, &shared, serving, created, shutdown).await?;
+    // Let another replica take over at once rather than when the lease runs out.
+    leader.shutdown().await;
+    tracing::info!("weft-cp stopped");
+    Ok(())
+}
+
+/// The store, the CA and the config hub, ready to serve.
+struct Core {
+    store: Arc<dyn Store>,
+    meta: StoreMeta,
+    hub: Arc<ConfigHub>,
+    ca: Arc<CaManager>,
+    /// This start created the store (a new mesh).
+    created: bool,
+}
+
+/// Opens the store, checks it is this trust domain's, loads the CA and the first
+/// config snapshot, and (on PostgreSQL) starts following the other replicas' changes.
+async fn start_core(cfg: &CpConfig) -> anyhow::Result<Core> {
     let Opened {
         store,
         meta,
         secret,
         created,
-    } = open_store(&cfg).await?;
+    } = open_store(cfg).await?;
     if meta.trust_domain != cfg.trust_domain {
         anyhow::bail!(
             "the store {} was created for trust domain \"{}\", not \"{}\"; pass --trust-domain {} (a trust domain cannot change in place)",
@@ -251,96 +320,82 @@ pub async fn run(
         tokio::spawn(crate::replica::poll_revision(hub.clone(), store.clone()));
         tokio::spawn(crate::replica::follow_ca(hub.clone(), ca.clone()));
     }
+    Ok(Core {
+        store,
+        meta,
+        hub,
+        ca,
+        created,
+    })
+}
 
-    let metrics = Arc::new(Metrics::new());
-    {
-        let (metrics, mut rx) = (metrics.clone(), hub.subscribe());
-        tokio::spawn(async move {
-            loop {
-                metrics
-                    .config_version
-                    .set(rx.borrow_and_update().version as i64);
-                if rx.changed().await.is_err() {
-                    return;
-                }
+/// Keeps `weft_cp_config_version` at the published snapshot's version.
+fn spawn_config_version_gauge(metrics: &Arc<Metrics>, hub: &ConfigHub) {
+    let (metrics, mut rx) = (metrics.clone(), hub.subscribe());
+    tokio::spawn(async move {
+        loop {
+            metrics
+                .config_version
+                .set(rx.borrow_and_update().version as i64);
+            if rx.changed().await.is_err() {
+                return;
             }
-        });
-    }
-    let replica = ReplicaRecord {
-        id: random_hex(8)?,
-        address: replica_address(&cfg),
-        started_at_ms: now_ms(),
-        heartbeat_ms: 0,
-    };
-    // Visible to the other replicas before this one serves anything.
-    store.heartbeat(&replica).await?;
-    let leader = Leader::new(replica.clone(), store.clone());
-    tokio::spawn(leader.clone().heartbeat());
-    let registry = Registry::new(replica.id.clone(), store.clone(), hub.clone());
-
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        hub: hub.clone(),
-        registry,
-        ca: ca.clone(),
-        metrics: metrics.clone(),
-        control_plane_id: meta.control_plane_id.clone(),
-        token_key: meta.token_key.clone(),
-        cert_ttl: cfg.cert_ttl,
-        traffic: TrafficWindow::new(),
-        leader: leader.clone(),
-        store_shown: cfg.store.describe(&cfg.data_dir),
-        auth: auth::Authenticator::new(
-            meta.admin_token_sha256.clone(),
-            meta.token_key.clone(),
-            store.clone(),
-        ),
-        advertise: AdvertisePolicy {
-            single_host: cfg.listen.ip().is_loopback(),
-            allowed: cfg.allow_advertise.clone(),
-        },
+        }
     });
-    {
-        // Forget what left the traffic window even while nobody reads it.
-        let (traffic, metrics) = (shared.traffic.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(BUCKET_SECONDS as u64));
-            loop {
-                tick.tick().await;
-                traffic.prune(now_unix());
-                metrics
-                    .traffic_window_bytes
-                    .set(i64::try_from(traffic.memory_bytes()).unwrap_or(i64::MAX));
-            }
-        });
-    }
+}
 
-    let (dns, ips) = serving_names(&cfg);
-    let serving = ServerTls::new(serving_config(&ca, &dns, &ips)?);
-    {
-        // Renew the serving certificate at 70% of its life, and re-issue it whenever the
-        // CA changes: a new bundle must be accepted from clients at once (renewed leaves
-        // from a new root), and after a rotation switches, the control plane must present
-        // a certificate from the root that now signs. Open connections keep theirs.
-        let (ca, serving, dns, ips) = (ca.clone(), serving.clone(), dns.clone(), ips.clone());
-        let mut changes = ca.subscribe();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(SERVING_CERT_TTL.mul_f64(0.7)) => {}
-                    changed = changes.changed() => if changed.is_err() { return },
-                }
-                match serving_config(&ca, &dns, &ips) {
-                    Ok(c) => serving.set(c),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot renew the control plane certificate")
-                    }
+/// Forgets what left the traffic window even while nobody reads it.
+fn spawn_traffic_pruning(shared: &Shared) {
+    let (traffic, metrics) = (shared.traffic.clone(), shared.metrics.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(BUCKET_SECONDS as u64));
+        loop {
+            tick.tick().await;
+            traffic.prune(now_unix());
+            metrics
+                .traffic_window_bytes
+                .set(i64::try_from(traffic.memory_bytes()).unwrap_or(i64::MAX));
+        }
+    });
+}
+
+/// Renews the serving certificate at 70% of its life, and re-issues it whenever the
+/// CA changes: a new bundle must be accepted from clients at once (renewed leaves
+/// from a new root), and after a rotation switches, the control plane must present
+/// a certificate from the root that now signs. Open connections keep theirs.
+fn spawn_serving_renewal(
+    ca: Arc<CaManager>,
+    serving: ServerTls,
+    dns: Vec<String>,
+    ips: Vec<IpAddr>,
+) {
+    let mut changes = ca.subscribe();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(SERVING_CERT_TTL.mul_f64(0.7)) => {}
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            match serving_config(&ca, &dns, &ips) {
+                Ok(c) => serving.set(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot renew the control plane certificate")
                 }
             }
-        });
-    }
-    tokio::spawn(leader.clone().run(leader_duties(&cfg, &shared)));
+        }
+    });
+}
 
+/// Binds `--listen` and `--http`, serves the dashboard and metrics on the second and
+/// the gRPC services (with health and reflection) over TLS on the first, until
+/// `shutdown`.
+async fn serve(
+    cfg: &CpConfig,
+    shared: &Arc<Shared>,
+    serving: ServerTls,
+    created: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| {
         format!(
             "cannot listen on --listen {}: is another weft-cp running?",
@@ -354,8 +409,8 @@ pub async fn run(
     tokio::spawn(crate::http::serve(
         http_listener,
         Arc::new(crate::http::HttpPort {
-            metrics: metrics.clone(),
-            store: store.clone(),
+            metrics: shared.metrics.clone(),
+            store: shared.store.clone(),
             dashboard: Dashboard::new(shared.clone(), http_addr),
         }),
     ));
@@ -375,7 +430,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    print_banner(&cfg, &ca, created);
+    print_banner(cfg, &shared.ca, created);
     tracing::info!(listen = %cfg.listen, http = %cfg.http, data_dir = %cfg.data_dir.display(), "weft-cp serving");
 
     tonic::transport::Server::builder()
@@ -392,11 +447,7 @@ pub async fn run(
         .add_service(IdentityServer::new(IdentityService::new(shared.clone())))
         .serve_with_incoming_shutdown(incoming(listener, serving), shutdown)
         .await
-        .context("gRPC server failed")?;
-    // Let another replica take over at once rather than when the lease runs out.
-    leader.shutdown().await;
-    tracing::info!("weft-cp stopped");
-    Ok(())
+        .context("gRPC server failed")
 }
 
 /// What the leader does while it leads (see `leader.rs`): health marking and expiry of
