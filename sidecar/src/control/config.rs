@@ -346,68 +346,22 @@ impl MeshConfig {
             next.services.remove(name);
         }
         for s in &u.services {
-            let protocol = Protocol::try_from(s.protocol).map_err(|_| {
-                ApplyError::Invalid(format!(
-                    "service {} has unknown protocol value {}",
-                    s.name, s.protocol
-                ))
-            })?;
-            let port = u16::try_from(s.port).map_err(|_| {
-                ApplyError::Invalid(format!("service {} has invalid port {}", s.name, s.port))
-            })?;
-            weft_certs::validate_name(&s.name)
-                .map_err(|e| ApplyError::Invalid(format!("service name {:?}: {e}", s.name)))?;
-            next.services.insert(
-                s.name.clone(),
-                ServiceEntry {
-                    name: s.name.clone(),
-                    protocol: Selector::from(protocol),
-                    protocol_set: protocol != Protocol::Unspecified,
-                    port,
-                },
-            );
+            next.services
+                .insert(s.name.clone(), ServiceEntry::try_from(s)?);
         }
         for id in &u.removed_endpoints {
             next.endpoints.remove(id);
         }
         for e in &u.endpoints {
-            if e.address
-                .rsplit_once(':')
-                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
-            {
-                return Err(ApplyError::Invalid(format!(
-                    "endpoint {} has invalid address {:?}",
-                    e.id, e.address
-                )));
-            }
-            next.endpoints.insert(
-                e.id.clone(),
-                EndpointEntry {
-                    id: e.id.clone(),
-                    service: e.service.clone(),
-                    address: e.address.clone(),
-                    region: e.region.clone(),
-                    healthy: e.healthy,
-                    identity: e.identity.clone(),
-                    ingress_address: e.ingress_address.clone(),
-                    sni: e.sni.clone(),
-                },
-            );
+            next.endpoints
+                .insert(e.id.clone(), EndpointEntry::try_from(e)?);
         }
         for r in &u.removed_routes {
             next.routes.remove(&route_key(&r.host, &r.path_prefix));
         }
         for r in &u.routes {
-            next.routes.insert(
-                route_key(&r.host, &r.path_prefix),
-                RouteEntry {
-                    host: r.host.clone(),
-                    path_prefix: r.path_prefix.clone(),
-                    service: r.service.clone(),
-                    rewrite_host: r.rewrite_host.clone(),
-                    prefer_region: r.prefer_region.clone(),
-                },
-            );
+            next.routes
+                .insert(route_key(&r.host, &r.path_prefix), RouteEntry::from(r));
         }
         Self::apply_authz(&mut next, u)?;
         if !u.trust_bundle_pem.is_empty() {
@@ -423,6 +377,70 @@ impl MeshConfig {
         self.services
             .get(service)
             .map_or(Selector::Tcp, |s| s.protocol)
+    }
+}
+
+/// A pushed service, checked: its selector known, its port a port, its name valid.
+impl TryFrom<&weft_proto::v1::Service> for ServiceEntry {
+    type Error = ApplyError;
+
+    fn try_from(s: &weft_proto::v1::Service) -> Result<Self, ApplyError> {
+        let protocol = Protocol::try_from(s.protocol).map_err(|_| {
+            ApplyError::Invalid(format!(
+                "service {} has unknown protocol value {}",
+                s.name, s.protocol
+            ))
+        })?;
+        let port = u16::try_from(s.port).map_err(|_| {
+            ApplyError::Invalid(format!("service {} has invalid port {}", s.name, s.port))
+        })?;
+        weft_certs::validate_name(&s.name)
+            .map_err(|e| ApplyError::Invalid(format!("service name {:?}: {e}", s.name)))?;
+        Ok(ServiceEntry {
+            name: s.name.clone(),
+            protocol: Selector::from(protocol),
+            protocol_set: protocol != Protocol::Unspecified,
+            port,
+        })
+    }
+}
+
+/// A pushed endpoint, checked: its address has a port.
+impl TryFrom<&weft_proto::v1::Endpoint> for EndpointEntry {
+    type Error = ApplyError;
+
+    fn try_from(e: &weft_proto::v1::Endpoint) -> Result<Self, ApplyError> {
+        if e.address
+            .rsplit_once(':')
+            .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+        {
+            return Err(ApplyError::Invalid(format!(
+                "endpoint {} has invalid address {:?}",
+                e.id, e.address
+            )));
+        }
+        Ok(EndpointEntry {
+            id: e.id.clone(),
+            service: e.service.clone(),
+            address: e.address.clone(),
+            region: e.region.clone(),
+            healthy: e.healthy,
+            identity: e.identity.clone(),
+            ingress_address: e.ingress_address.clone(),
+            sni: e.sni.clone(),
+        })
+    }
+}
+
+impl From<&weft_proto::v1::Route> for RouteEntry {
+    fn from(r: &weft_proto::v1::Route) -> Self {
+        RouteEntry {
+            host: r.host.clone(),
+            path_prefix: r.path_prefix.clone(),
+            service: r.service.clone(),
+            rewrite_host: r.rewrite_host.clone(),
+            prefer_region: r.prefer_region.clone(),
+        }
     }
 }
 
