@@ -22,6 +22,10 @@
 #   KEEP=1 bench/gateway.sh         # keep the work dir (logs, h2load outputs)
 #   QUIET_WAIT=0 bench/gateway.sh   # do not wait for a quiet machine (default: up to 120 s)
 #   bench/gateway.sh hold           # set everything up, print the addresses, wait
+#   WRAP_WEFT="valgrind --tool=callgrind --collect-atstart=no" bench/gateway.sh hold
+#                                   # the sidecar and the measured gateway run under this
+#                                   # prefix (instruction counts per request: see
+#                                   # docs/benchmarks.md)
 #
 # Weft's gateway runs with RUST_LOG=info,weft::access=off (HAProxy has `no log`); a second
 # gateway with its per-request access log on (to a file) is measured as an extra row.
@@ -37,7 +41,7 @@ root=$(pwd)
 DUR=${DUR:-10}
 RATE=${RATE:-1000}
 ROUNDS=${ROUNDS:-2}
-rel="$root/target/release"
+rel="${REL:-$root/target/release}"   # REL=DIR: binaries from elsewhere (e.g. a saved build)
 HOST=bench.example.com
 APP=127.0.0.1:18080
 CP=127.0.0.1:19500; CP_HTTP=127.0.0.1:19501
@@ -177,18 +181,18 @@ ctl() { "$rel/weftctl" --cp "https://$CP" --token "$(cat "$W/cp/admin.token")" -
 ctl service create bench-web --protocol http >/dev/null
 ctl route create "$HOST" --service bench-web >/dev/null
 token() { ctl -o json token create "$@" | tr -d ' \n' | sed -n 's/.*"token":"\([^"]*\)".*/\1/p'; }
-taskset -c 1 "$rel/weft-sidecar" run --cp "https://$CP" --token "$(token --service bench-web)" \
+taskset -c 1 ${WRAP_WEFT:-} "$rel/weft-sidecar" run --cp "https://$CP" --token "$(token --service bench-web)" \
   --service bench-web --app $APP --region bench --inbound $SC_IN --admin $SC_ADMIN \
   --outbound-ip $SC_OUT_IP --state-dir "$W/state-sidecar" >"$W/logs/sidecar.log" 2>&1 &
 pids+=($!); SC=$!
-gateway() { # name http https admin log-filter
-  RUST_LOG="$5" taskset -c 1 "$rel/weft-sidecar" gateway --cp "https://$CP" --token "$(token --gateway "$1")" \
+gateway() { # name http https admin log-filter [wrapper]
+  RUST_LOG="$5" taskset -c 1 ${6:-} "$rel/weft-sidecar" gateway --cp "https://$CP" --token "$(token --gateway "$1")" \
     --http "$2" --https "$3" --admin "$4" --region bench \
     --tls-cert "$W/certs/server.crt" --tls-key "$W/certs/server.key" \
     --state-dir "$W/state-$1" >"$W/logs/$1.log" 2>&1 &
   pids+=($!)
 }
-gateway edge $GW_HTTP $GW_TLS $GW_ADMIN "$RUST_LOG,weft::access=off"; GW=$!
+gateway edge $GW_HTTP $GW_TLS $GW_ADMIN "$RUST_LOG,weft::access=off" "${WRAP_WEFT:-}"; GW=$!
 gateway edge-log $GWL_HTTP $GWL_TLS $GWL_ADMIN "$RUST_LOG"; GWL=$!
 wait_ready $SC_ADMIN sidecar; wait_ready $GW_ADMIN gateway; wait_ready $GWL_ADMIN "gateway (access log)"
 tls_get() { # port -> body size over TLS h2 with SNI/Host = $HOST
