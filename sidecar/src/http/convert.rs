@@ -1,8 +1,9 @@
 //! Requests and responses crossing a hop, HTTP/1.1 ↔ HTTP/2 both ways, in one place.
 //!
-//! A request leaves with an absolute URI `http://<authority><path>`: hyper's clients
-//! derive `Host` (HTTP/1.1, origin-form on the wire) or `:authority` (HTTP/2) from it,
-//! so the two can never disagree, and a received `host` field is dropped. Hop-by-hop
+//! A request leaves with its authority in one place only, so the two forms can never
+//! disagree: over HTTP/2 in an absolute URI `http://<authority><path>` (hyper's client
+//! makes `:authority` of it), over HTTP/1.1 as the `Host` field with an origin-form
+//! target. A received `host` field is replaced. Hop-by-hop
 //! fields go ([`super::headers`]), cookies are joined for HTTP/1.1, `te: trailers` is
 //! kept (added for gRPC; with `Connection: TE` on HTTP/1.1). `OPTIONS *` stays `*` both
 //! ways.
@@ -12,7 +13,7 @@
 //! trailers, since hyper sends only declared ones.
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version, header};
+use http::{HeaderValue, Request, Response, Uri, Version, header};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt as _;
 
@@ -45,6 +46,15 @@ pub fn absolute(authority: Authority, path: Option<&PathAndQuery>) -> Result<Uri
         .map_err(|e| Rejection::bad_request(format!("invalid request target: {e}")))
 }
 
+/// The path and query of `uri` alone (`/` when it has none), for an HTTP/1.1 request
+/// line.
+fn origin_form(uri: &Uri) -> Uri {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+        .into()
+}
+
 /// Rewrites `req` in place to be sent to `authority` over `to`. The request has
 /// already passed [`super::authority::of_request`] (that is where `authority` comes
 /// from, or a route's rewrite of it).
@@ -63,10 +73,15 @@ pub fn request<B>(
     headers::strip_reserved(h);
     h.remove(header::HOST);
     headers::keep_te_trailers(h, te_trailers || respond.is_grpc(), to);
-    if to != Version::HTTP_2 {
+    if to == Version::HTTP_2 {
+        *req.uri_mut() = absolute(authority, req.uri().path_and_query())?;
+    } else {
         headers::join_cookies(h);
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| Rejection::bad_request("invalid authority"))?;
+        h.insert(header::HOST, host);
+        *req.uri_mut() = origin_form(req.uri());
     }
-    *req.uri_mut() = absolute(authority, req.uri().path_and_query())?;
     *req.version_mut() = to;
     Ok(())
 }
@@ -181,7 +196,9 @@ mod tests {
         // An HTTP/1.1 app sends its trailers only when told the client takes them.
         assert_eq!(r.headers()["te"], "trailers");
         assert_eq!(r.headers()["connection"], "te");
-        assert_eq!(r.uri().authority().unwrap().as_str(), "a.example");
+        // The authority travels as Host, the target in origin-form.
+        assert_eq!(r.headers()["host"], "a.example");
+        assert_eq!(r.uri().to_string(), "/p");
         assert_eq!(r.version(), Version::HTTP_11);
     }
 

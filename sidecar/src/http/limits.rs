@@ -127,13 +127,11 @@ pub fn mesh_h2_client() -> hyper::client::conn::http2::Builder<TokioExecutor> {
     b
 }
 
-/// The inbound's pooled HTTP/1.1 client towards its app.
-pub fn app_h1_client() -> hyper_util::client::legacy::Builder {
-    let mut b = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .http1_max_buf_size(MAX_HEADER_BYTES + HYPER_HEADER_SLACK)
-        .set_host(true);
+/// An HTTP/1.1 connection of the inbound towards its app (pooled by
+/// [`crate::inbound::pool`]).
+pub fn app_h1_client() -> hyper::client::conn::http1::Builder {
+    let mut b = hyper::client::conn::http1::Builder::new();
+    b.max_buf_size(MAX_HEADER_BYTES + HYPER_HEADER_SLACK);
     b
 }
 

@@ -2,9 +2,10 @@
 //! inbound forwards an HTTP request, whoever sent it (a gateway on a mesh HTTP
 //! connection, or a client inside a tunnel stream that speaks another HTTP version).
 //!
-//! Clients: a pooled HTTP/1.1 client and a shared h2c (prior knowledge) client. Both
-//! dial the app's address whatever the request URI says, so the URI carries the
-//! request's own authority (which becomes `Host` or `:authority`). Requests in
+//! Clients: a pool of HTTP/1.1 connections of our own ([`super::pool`]) and a shared
+//! h2c (prior knowledge) client. Both dial the app's address whatever the request
+//! says: an HTTP/1.1 request carries its authority in `Host` (origin-form target), an
+//! h2c one in its URI (which becomes `:authority`). Requests in
 //! progress towards the app are bounded ([`APP_SLOTS`], then a queue of [`APP_QUEUE`]);
 //! beyond that the answer is 503 `WEFT-11`.
 
@@ -25,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::Delivery;
+use super::pool::{H1Pool, SendError};
 use crate::control::config::Selector;
 use crate::errors::{Body, MeshError, Rejection, Respond, boxed, full, grpc_to_http_message};
 use crate::http::limits::{self, Limiter, Slot};
@@ -47,7 +49,7 @@ pub struct AppConnector {
 }
 
 impl AppConnector {
-    async fn connect(&self) -> std::io::Result<TcpStream> {
+    pub(super) async fn connect(&self) -> std::io::Result<TcpStream> {
         let tcp = TcpStream::connect(self.addr)
             .await
             .inspect_err(|_| self.refused.notify_one())?;
@@ -74,7 +76,7 @@ impl tower::Service<http::Uri> for AppConnector {
 /// The HTTP clients of one inbound, towards its app.
 pub struct AppClients {
     connector: AppConnector,
-    h1: Client<AppConnector, Body>,
+    h1: Arc<H1Pool>,
     h2: Client<AppConnector, Body>,
     slots: Limiter,
 }
@@ -83,7 +85,7 @@ impl AppClients {
     /// Clients of the app at `addr`; `refused` is notified when it refuses a connection.
     pub fn new(addr: SocketAddr, refused: Arc<Notify>) -> Self {
         let connector = AppConnector { addr, refused };
-        let h1 = limits::app_h1_client().build(connector.clone());
+        let h1 = H1Pool::new(connector.clone());
         let h2 = limits::app_h2_client().build(connector.clone());
         AppClients {
             connector,
@@ -160,6 +162,17 @@ fn app_failed(service: &str, e: &hyper_util::client::legacy::Error) -> Rejection
     if e.is_connect() {
         return app_refused(service, e);
     }
+    exchange_failed(service, e)
+}
+
+fn app_h1_failed(service: &str, e: SendError) -> Rejection {
+    match e {
+        SendError::Connect(e) => app_refused(service, &e),
+        SendError::Http(e) => exchange_failed(service, &e),
+    }
+}
+
+fn exchange_failed(service: &str, e: &dyn std::fmt::Display) -> Rejection {
     tracing::debug!(service, error = %e, "app request failed");
     Rejection::new(
         MeshError::UpstreamFailed,
@@ -260,14 +273,14 @@ async fn forward_to(
         let counted = CountedBody::new(body, pair.clone(), Direction::In, false);
         convert::clean_trailers(counted, ())
     });
-    let sent = if to == Version::HTTP_2 {
-        d.apps.h2.request(req).await
-    } else {
-        d.apps.h1.request(req).await
-    };
-    let resp = sent.map_err(|e| app_failed(service, &e))?;
-    // The slot is held until the response body is done with.
-    Ok(convert::response_from_app(resp, client, slot))
+    if to == Version::HTTP_2 {
+        let resp = (d.apps.h2.request(req).await).map_err(|e| app_failed(service, &e))?;
+        // The slot is held until the response body is done with.
+        return Ok(convert::response_from_app(resp, client, slot));
+    }
+    let (resp, lease) = (d.apps.h1.send(req).await).map_err(|e| app_h1_failed(service, e))?;
+    // The slot, and the connection, are held until the response body is done with.
+    Ok(convert::response_from_app(resp, client, (slot, lease)))
 }
 
 /// A WebSocket towards the app: an Upgrade to an HTTP/1.1 app, extended CONNECT to an
@@ -287,15 +300,13 @@ async fn websocket_to(
     convert::request(&mut req, authority, to, respond)?;
     if to == Version::HTTP_11 {
         let expected = ws::to_upgrade(&mut req);
-        let resp = d
-            .apps
-            .h1
-            .request(req.map(|_| full(Bytes::new())))
-            .await
-            .map_err(|e| app_failed(service, &e))?;
+        let (resp, lease) = (d.apps.h1.send(req.map(|_| full(Bytes::new()))).await)
+            .map_err(|e| app_h1_failed(service, e))?;
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(convert::response_from_app(resp, client, ()));
+            return Ok(convert::response_from_app(resp, client, lease));
         }
+        // The connection is the WebSocket's now.
+        lease.detach();
         if !ws::upgraded(&resp, &expected) {
             return Err(Rejection::new(
                 MeshError::UpstreamFailed,

@@ -13,6 +13,7 @@
 pub mod app;
 pub mod detect;
 pub mod http;
+pub mod pool;
 
 use std::sync::Arc;
 
