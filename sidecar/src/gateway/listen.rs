@@ -38,7 +38,10 @@ where
     let idle = gw.idle_timeout;
     let svc = hyper::service::service_fn(move |req| {
         let (gw, info) = (gw.clone(), info.clone());
-        async move { Ok::<_, Infallible>(gw.handle(info, req).await) }
+        // Boxed: hyper moves each stream's future into its own task, several times;
+        // the request's whole state machine (several KB) would be copied each time.
+        let handled = Box::pin(gw.handle(info, req));
+        async move { Ok::<_, Infallible>(handled.await) }
     });
     let builder = limits::public_h2_server();
     let conn = builder.serve_connection(TokioIo::new(io), svc);
@@ -65,7 +68,8 @@ where
             {
                 return Ok::<_, Infallible>(upgrade_h2c(req, gw, &info, drain));
             }
-            Ok(gw.handle(info, req).await)
+            // Boxed for the reason given in `serve_h2`.
+            Ok(Box::pin(gw.handle(info, req)).await)
         }
     });
     let conn = limits::h1_server(limits::first_bytes_timeout(idle))

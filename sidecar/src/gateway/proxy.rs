@@ -80,6 +80,8 @@ pub struct Gateway {
 /// What the access log and the traffic figures learn of a request while it is routed.
 #[derive(Default)]
 struct Seen {
+    /// Whether the access log is on (else `host` stays empty).
+    logged: bool,
     /// The authority the client addressed.
     host: String,
     /// The service of the route it took, once one was found.
@@ -126,12 +128,17 @@ impl Gateway {
         let in_progress = conn.clock.request();
         let respond = Respond::to(&req);
         let method = req.method().clone();
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default();
-        let mut seen = Seen::default();
+        // The access log's strings are copied only when it is on (no allocation per
+        // request otherwise).
+        let logged = tracing::enabled!(target: "weft::access", tracing::Level::INFO);
+        let path = match req.uri().path_and_query() {
+            Some(p) if logged => p.as_str().to_owned(),
+            _ => String::new(),
+        };
+        let mut seen = Seen {
+            logged,
+            ..Seen::default()
+        };
         let routed = match self.route(&conn, req, respond, &mut seen).await {
             Ok(r) => r,
             Err(rejection) => {
@@ -190,7 +197,9 @@ impl Gateway {
         seen: &mut Seen,
     ) -> Result<Routed, Rejection> {
         let addressed = self.validate(conn, &req)?;
-        seen.host.push_str(addressed.authority.as_str());
+        if seen.logged {
+            seen.host.push_str(addressed.authority.as_str());
+        }
         let config = self.config.borrow().clone();
         let route = self.find_route(&config, &addressed, &req, respond)?;
         seen.service = Some(route.service.clone());
