@@ -104,8 +104,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
                 .next()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    // Most messages carry none: one pass over the names is cheaper than hashing each
+    // of the nine for a removal.
+    if headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
     }
     te_trailers
 }
