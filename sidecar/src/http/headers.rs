@@ -91,7 +91,17 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 /// asked for trailers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     if headers.contains_key(header::CONNECTION) {
+        // `close` and the fixed set (an HTTP/1.1 peer's `keep-alive`, nearly always)
+        // need no removal of their own: nothing is collected for them. `TE` is removed
+        // here, before it is read below.
         let named: Vec<HeaderName> = tokens(headers, header::CONNECTION)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && (t.eq_ignore_ascii_case("te")
+                        || !HOP_BY_HOP
+                            .iter()
+                            .any(|h| t.eq_ignore_ascii_case(h.as_str())))
+            })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
@@ -104,12 +114,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
                 .next()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    // Most messages carry none: one pass over the names is cheaper than hashing each
-    // of the nine for a removal.
-    if headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        for name in &HOP_BY_HOP {
-            headers.remove(name);
+    // One pass over the message's names finds which of the fixed set it carries (most
+    // carry none, an HTTP/1.1 response `connection`): only those are hashed for removal.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present[i] = true;
         }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(name);
     }
     te_trailers
 }
@@ -282,6 +296,19 @@ mod tests {
         assert_eq!(names, ["trailer", "x-keep"]);
         let mut h = map(&[("te", "gzip, trailers;q=1")]);
         assert!(strip_hop_by_hop(&mut h), "TE: trailers is reported");
+        assert!(h.is_empty());
+        // An HTTP/1.1 app's usual response: only its own hop-by-hop fields go.
+        let mut h = map(&[
+            ("connection", "Keep-Alive, close"),
+            ("keep-alive", "timeout=5"),
+            ("content-length", "2"),
+        ]);
+        assert!(!strip_hop_by_hop(&mut h));
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
+        // A TE that Connection names is gone before it is read.
+        let mut h = map(&[("connection", "TE"), ("te", "trailers")]);
+        assert!(!strip_hop_by_hop(&mut h));
         assert!(h.is_empty());
     }
 
