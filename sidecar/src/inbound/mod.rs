@@ -25,9 +25,10 @@ use weft_certs::SpiffeId;
 
 use crate::control::config::{MeshConfig, Selector};
 use crate::errors::Rejection;
-use crate::io::splice;
 use crate::metrics::Metrics;
 use crate::traffic::{OpenConnection, PairCounters, source_of};
+use crate::tunnel::io::H2Io;
+use crate::tunnel::splice::splice;
 use app::AppClients;
 
 /// Who is calling the inbound: the SPIFFE id verified on the mTLS handshake of the
@@ -102,24 +103,22 @@ where
 
 /// Delivers one tunnel stream, already connected to the app, per `selector`; `conn`
 /// counts it for its caller while it lasts.
-pub async fn deliver<T>(
+pub async fn deliver(
     selector: Selector,
-    mut tunnel: T,
+    mut tunnel: H2Io,
     mut app: TcpStream,
     d: Arc<Delivery>,
     conn: OpenConnection,
-) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     // A spliced stream's requests are not seen: its bytes are. `a` went from the tunnel
     // (the caller) to the app, `b` back.
     let spliced = |r: &std::io::Result<(u64, u64)>| {
-        if let Ok((a, b)) = r {
-            conn.counters().bytes(*a, *b);
+        if let Ok((from_app, to_app)) = r {
+            conn.counters().bytes(*to_app, *from_app);
         }
     };
     if selector == Selector::Tcp {
-        let r = splice(&mut tunnel, &mut app).await;
+        let r = splice(&mut app, &mut tunnel).await;
         d.metrics.record_splice("tcp", &r);
         spliced(&r);
         return;
@@ -137,7 +136,7 @@ pub async fn deliver<T>(
         if app.write_all(&peeked).await.is_err() {
             return;
         }
-        let r = splice(&mut tunnel, &mut app).await;
+        let r = splice(&mut app, &mut tunnel).await;
         d.metrics
             .record_splice(if app_h2 { "h2" } else { "h1" }, &r);
         spliced(&r);

@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::control::config::MeshConfig;
-use crate::io::splice;
 use crate::metrics::{ActiveGuard, DirLabel, Metrics, ResultLabel};
 use crate::serve::{self, Drain};
 use crate::tunnel::client::{Target, TunnelError, TunnelPool};
@@ -194,7 +193,7 @@ impl Outbound {
                     count("tunneled");
                     self.metrics.tunnel_pool.set(self.pool.size() as i64);
                     let _active = ActiveGuard::new(&self.metrics, "outbound");
-                    let r = splice(&mut client, &mut tunnel).await;
+                    let r = crate::tunnel::splice::splice(&mut client, &mut tunnel).await;
                     if let Ok((a, b)) = r {
                         self.metrics
                             .bytes

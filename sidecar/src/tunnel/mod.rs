@@ -11,6 +11,10 @@ pub mod client;
 pub mod io;
 pub mod liveness;
 pub mod server;
+pub mod splice;
+
+#[cfg(test)]
+mod io_tests;
 
 use std::time::Duration;
 
