@@ -130,28 +130,49 @@ impl Target {
 
 /// Which pooled connection a target uses: through an ingress one address leads to many
 /// peers, which the SNI tells apart, and the identity the peer must hold is part of it.
+/// `lane` tells apart the connections to one peer ([`lanes`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerKey {
     pub address: String,
     pub sni: String,
     pub identity: String,
+    pub lane: usize,
 }
 
 impl PeerKey {
-    pub fn of(target: &Target) -> Self {
+    pub fn of(target: &Target, lane: usize) -> Self {
         PeerKey {
             address: target.address.clone(),
             sni: target.sni.clone(),
             identity: target.identity.clone(),
+            lane,
         }
     }
 }
 
 impl std::fmt::Display for PeerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (sni {}, {})", self.address, self.sni, self.identity)
+        write!(f, "{} (sni {}, {})", self.address, self.sni, self.identity)?;
+        if self.lane > 0 {
+            write!(f, " lane {}", self.lane)?;
+        }
+        Ok(())
     }
 }
+
+/// Connections kept to each peer: one per runtime worker (at most [`MAX_LANES`]). A
+/// connection's TLS and HTTP/2 framing run in its one driver task, i.e. on one worker
+/// at a time; streams spread over one connection per worker let a second worker carry
+/// half of a busy peer's bytes. With one worker: one connection, as before.
+fn lanes() -> usize {
+    tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_workers())
+        .unwrap_or(1)
+        .clamp(1, MAX_LANES)
+}
+
+/// Most connections kept to one peer.
+const MAX_LANES: usize = 4;
 
 type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Bytes>>>>;
 
@@ -209,6 +230,9 @@ pub struct TunnelPool {
     /// Told about endpoints whose connection was found dead; probes bring them back.
     balancer: Arc<Balancer>,
     conns: DashMap<PeerKey, Slot>,
+    lanes: usize,
+    /// Lane of the next stream (round robin).
+    next_lane: std::sync::atomic::AtomicUsize,
 }
 
 impl TunnelPool {
@@ -217,12 +241,14 @@ impl TunnelPool {
             tls,
             balancer,
             conns: DashMap::new(),
+            lanes: lanes(),
+            next_lane: Default::default(),
         })
     }
 
-    /// Number of peers with a pooled connection.
+    /// Number of peers with a pooled connection (in their first lane: each peer once).
     pub fn size(&self) -> usize {
-        self.conns.len()
+        self.conns.iter().filter(|e| e.key().lane == 0).count()
     }
 
     /// Drops pooled connections to peers no longer in `keep` (address set); their
@@ -233,7 +259,14 @@ impl TunnelPool {
 
     /// The pooled connection to `target`, connecting when there is none alive.
     async fn sender(self: &Arc<Self>, target: &Target) -> Result<SendRequest<Bytes>, TunnelError> {
-        let key = PeerKey::of(target);
+        let lane = match self.lanes {
+            1 => 0,
+            n => {
+                use std::sync::atomic::Ordering::Relaxed;
+                self.next_lane.fetch_add(1, Relaxed) % n
+            }
+        };
+        let key = PeerKey::of(target, lane);
         let slot = self.conns.entry(key.clone()).or_default().clone();
         let mut guard = slot.lock().await;
         if let Some(s) = guard.as_ref().filter(|s| alive(s)) {
