@@ -1,29 +1,34 @@
 #!/usr/bin/env bash
 # Data-plane benchmark: direct (client -> app) vs Weft (client -> sidecar -> mTLS tunnel
-# -> sidecar -> app) vs the HAProxy peer chain (shared/peers/haproxy/out.cfg + in.cfg),
-# all measured in one run on loopback, for h1->h1, h2c->h1 (translation) and h2c->h2c
+# -> sidecar -> app) vs an HAProxy pair doing the same job (bench/haproxy-out.cfg, and
+# bench/haproxy-in.cfg + bench/haproxy-in-l4.cfg in one process), all measured in one run on loopback, for h1->h1, h2c->h1 (translation) and h2c->h2c
 # with a 1 KB response from nginx; plus one bulk TCP stream (iperf3) and sidecar RSS.
 #
 #   bench/mesh.sh                  # builds release binaries, runs (~6 min), prints the table
 #   DUR=5 bench/mesh.sh            # seconds per point (default 10)
 #   SKIP_BUILD=1 bench/mesh.sh     # use the binaries already in target/release
+#   BIN_DIR=DIR SKIP_BUILD=1 ...   # use the binaries in DIR instead (before/after comparisons)
 #   QUIET_WAIT=0 bench/mesh.sh     # do not wait for a quiet machine (default: up to 300 s)
+#   PHASES=max,bulk bench/mesh.sh  # only some of: lat (latency), rss, max (req/s, CPU), bulk
+#   SIDECAR_CPUS=0,1 bench/mesh.sh # sidecars on both CPUs (2 tokio workers), for the scaling factor
 #   bench/mesh.sh hold             # set everything up, print the addresses, wait (for profiling)
 #
 # Pinning: the load generators (wrk, h2load, bench-mesh, iperf3 client) on CPU 0;
-# sidecars, control plane, nginx, iperf3 server and HAProxy on CPU 1.
+# sidecars (unless SIDECAR_CPUS), control plane, nginx, iperf3 server and HAProxy on CPU 1.
 # Needs (Debian): wrk nghttp2-client haproxy iperf3 nginx-light openssl curl.
-# Uses fixed loopback ports: 8080 8081 5201 (apps), 9180-9192 9443-9446 (HAProxy peer
-# configs), 19100-19400 (Weft).
+# Uses fixed loopback ports: 8080 8081 5201 (apps), 9180-9192 9443-9446 (HAProxy),
+# 19100-19400 (Weft).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 DUR=${DUR:-10}
 RATE=${RATE:-2000}
 RSS_RATE=${RSS_RATE:-1000}
-peers=${PEERS_DIR:-$root/../shared/peers}
-[ -d "$peers/haproxy" ] || peers=/work/shared/peers
-rel="$root/target/release"
+PHASES=${PHASES:-lat,rss,max,bulk}   # which measurements to run
+phase() { [[ ",$PHASES," == *",$1,"* ]]; }
+SIDECAR_CPUS=${SIDECAR_CPUS:-1}   # e.g. 0,1: the sidecars get both CPUs (tokio then runs 2 workers)
+SIDECAR_WRAP=${SIDECAR_WRAP:-}   # a command the sidecars run under, e.g. "valgrind --tool=callgrind" (with hold)
+rel=${BIN_DIR:-$root/target/release}   # BIN_DIR: binaries built elsewhere (e.g. a copy of the last release build)
 
 # ---------------------------------------------------------------- prerequisites
 missing=()
@@ -36,7 +41,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 2
 fi
 [ "$(nproc --all)" -ge 2 ] || { echo "needs 2 CPUs (load generator on 0, servers on 1)" >&2; exit 2; }
-[ -f "$peers/haproxy/out.cfg" ] || { echo "HAProxy peer configs not found under $peers/haproxy (set PEERS_DIR)" >&2; exit 2; }
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   echo "== building release binaries"
@@ -59,7 +63,7 @@ pids=()
 cleanup() {
   trap - INT TERM EXIT
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in "$W"/run/out.pid "$W"/run/in.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  for f in "$W"/run/haproxy-out.pid "$W"/run/haproxy-in.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   wait 2>/dev/null || true
   [ "${KEEP:-0}" = 1 ] && echo "(kept $W)" || rm -rf "$W"
 }
@@ -123,7 +127,7 @@ token() { ctl -o json token create --service "$1" | tr -d ' \n' | sed -n 's/.*"t
 # name app inbound-port admin-port outbound-ip
 sidecar() {
   local tok; tok=$(token "$1")
-  taskset -c 1 "$rel/weft-sidecar" run --cp https://127.0.0.1:19100 --token "$tok" --service "$1" \
+  taskset -c "$SIDECAR_CPUS" $SIDECAR_WRAP "$rel/weft-sidecar" run --cp https://127.0.0.1:19100 --token "$tok" --service "$1" \
     --app "$2" --region bench --inbound "127.0.0.1:$3" --admin "127.0.0.1:$4" \
     --outbound-ip "$5" --state-dir "$W/state-$1" >"$W/logs/$1.log" 2>&1 &
   pids+=($!)
@@ -134,7 +138,7 @@ sidecar bench-h2 127.0.0.1:8081 19202 19302 127.0.19.2
 sidecar bench-tcp 127.0.0.1:5201 19203 19303 127.0.19.3
 sidecar bench-client 127.0.0.1:8080 19204 19304 127.0.19.4
 for a in 19301 19302 19303 19304; do
-  for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$a/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 1 1200); do curl -fs "http://127.0.0.1:$a/ready" >/dev/null 2>&1 && break; sleep 0.1; done
   curl -fs "http://127.0.0.1:$a/ready" >/dev/null || { echo "sidecar with admin :$a not ready" >&2; tail -20 "$W"/logs/*.log >&2; exit 1; }
 done
 C=127.0.19.4   # the client sidecar's outbound listeners
@@ -146,22 +150,26 @@ for _ in $(seq 1 150); do
 done
 [ "$(curl -s --http2-prior-knowledge "http://$C:19102/" | wc -c)" = 1024 ] || { echo "mesh paths do not answer" >&2; tail -20 "$W"/logs/bench-*.log >&2; exit 1; }
 
-# ---------------------------------------------------------------- HAProxy peer chain
+# ---------------------------------------------------------------- HAProxy pair
+# A mesh CA, the inbound's server certificate and the outbound's client certificate,
+# ECDSA P-256 like Weft's workload certificates.
 (
   cd "$W/certs"
-  openssl ecparam -name prime256v1 -genkey -noout -out ca.key
-  openssl req -x509 -new -key ca.key -sha256 -days 30 -subj "/CN=mesh-test-ca" -out ca.crt
-  for n in server client; do
-    openssl ecparam -name prime256v1 -genkey -noout -out $n.key
-    openssl req -new -key $n.key -subj "/CN=$n.mesh.test" -out $n.csr
-    printf "subjectAltName=DNS:$n.mesh.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n" > $n.ext
-    openssl x509 -req -in $n.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 -sha256 -extfile $n.ext -out $n.crt
-    cat $n.crt $n.key > $n.pem
+  openssl ecparam -name prime256v1 -genkey -noout -out mesh-ca.key
+  openssl req -x509 -new -key mesh-ca.key -sha256 -days 30 -subj "/CN=bench-mesh-ca" -out mesh-ca.crt
+  for who in inbound client; do
+    openssl ecparam -name prime256v1 -genkey -noout -out "$who.key"
+    openssl req -new -key "$who.key" -subj "/CN=$who.mesh.test" -out "$who.csr"
+    usage=$([ "$who" = inbound ] && echo serverAuth || echo clientAuth)
+    printf "subjectAltName=DNS:$who.mesh.test\nextendedKeyUsage=$usage\n" > "$who.ext"
+    openssl x509 -req -in "$who.csr" -CA mesh-ca.crt -CAkey mesh-ca.key -CAcreateserial -days 30 -sha256 -extfile "$who.ext" -out "$who.crt"
+    cat "$who.crt" "$who.key" > "$who.pem"
   done
 ) >"$W/logs/certs.log" 2>&1
-export PEER_CERTS="$W/certs" PEER_RUN="$W/run"
-srv haproxy -f "$peers/haproxy/in.cfg" >"$W/logs/haproxy-in.log" 2>&1
-srv haproxy -f "$peers/haproxy/out.cfg" >"$W/logs/haproxy-out.log" 2>&1
+export BENCH_CERTS="$W/certs" BENCH_RUN="$W/run" BENCH_IN_PORT=9443 BENCH_APP=127.0.0.1:8080 \
+  BENCH_APP_H2C=127.0.0.1:8081 BENCH_APP_BULK=127.0.0.1:5201
+srv haproxy -f bench/haproxy-in.cfg -f bench/haproxy-in-l4.cfg >"$W/logs/haproxy-in.log" 2>&1
+srv haproxy -f bench/haproxy-out.cfg >"$W/logs/haproxy-out.log" 2>&1
 wait_tcp 127.0.0.1 9180; wait_tcp 127.0.0.1 9443
 for p in 9180 9190; do
   [ "$(curl -s --max-time 5 "http://127.0.0.1:$p/" | wc -c)" = 1024 ] || { echo "HAProxy :$p does not answer" >&2; exit 1; }
@@ -169,7 +177,7 @@ done
 for p in 9181 9191; do
   [ "$(curl -s --max-time 5 --http2-prior-knowledge "http://127.0.0.1:$p/" | wc -c)" = 1024 ] || { echo "HAProxy :$p does not answer" >&2; exit 1; }
 done
-hap_pids="$(cat "$W/run/out.pid") $(cat "$W/run/in.pid")"
+hap_pids="$(cat "$W/run/haproxy-out.pid") $(cat "$W/run/haproxy-in.pid")"
 
 # ---------------------------------------------------------------- helpers
 HZ=$(getconf CLK_TCK)
@@ -178,6 +186,7 @@ rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
 kv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
 declare -A RPS CPU CPUR P50 P99 ERR GBPS
+rss_max_cl=0; rss_max_h1=0; PEAK_CL=-; PEAK_H1=-; PEAK_TCP=-
 
 # max throughput: name proto addr pids...  (proto h1: wrk -t1 -c50; h2c: h2load -t1 -c10 -m10)
 maxrps() {
@@ -236,7 +245,7 @@ SC_H1=$pid_bench_h1; SC_H2=$pid_bench_h2; SC_TCP=$pid_bench_tcp; SC_CL=$pid_benc
 if [ "${1:-}" = hold ]; then
   echo "== holding (Ctrl-C stops): client sidecar pid $SC_CL, outbound $C:19101 (http, nginx h1),"
   echo "   $C:19102 (http2, nginx h2c), $C:19103 (tcp, iperf3 -s); server sidecars: h1 $SC_H1, h2 $SC_H2,"
-  echo "   tcp $SC_TCP; HAProxy chain pids $hap_pids (ports as in $peers/haproxy/out.cfg); logs in $W/logs"
+  echo "   tcp $SC_TCP; HAProxy chain pids $hap_pids (ports as in bench/haproxy-out.cfg); logs in $W/logs"
   while sleep 1; do :; done
 fi
 sleep 2
@@ -244,6 +253,7 @@ IDLE_CL=$(rss_kib "$SC_CL"); IDLE_H1=$(rss_kib "$SC_H1")
 echo "== idle RSS: client sidecar ${IDLE_CL} KiB, server sidecar ${IDLE_H1} KiB"
 
 # ---------------------------------------------------------------- latency at a fixed rate
+if phase lat; then
 echo "== latency at $RATE req/s, open loop, ${DUR}s per point (bench-mesh, from intended send time)"
 lat direct-h1    127.0.0.1:8080 h1
 lat weft-h1      $C:19101       h1  "$SC_CL" "$SC_H1"
@@ -254,8 +264,10 @@ lat weft-h2c-h1  $C:19101       h2c "$SC_CL" "$SC_H1"
 lat hap-h2c-h1   127.0.0.1:9181 h2c $hap_pids
 lat weft-h2c-h2c $C:19102       h2c "$SC_CL" "$SC_H2"
 lat hap-h2c-h2c  127.0.0.1:9191 h2c $hap_pids
+fi
 
 # ---------------------------------------------------------------- RSS at 1,000 req/s
+if phase rss; then
 echo "== RSS at $RSS_RATE req/s (h1 through the mesh, ${DUR}s)"
 rss_max_cl=0; rss_max_h1=0
 taskset -c 0 "$rel/bench-mesh" --addr "$C:19101" --proto h1 --rate "$RSS_RATE" --duration "$DUR" --warmup 1 >"$W/logs/rss-load.txt" 2>&1 &
@@ -267,8 +279,10 @@ while kill -0 "$loadpid" 2>/dev/null; do
 done
 wait "$loadpid" || true
 echo "   client sidecar max ${rss_max_cl} KiB, server sidecar max ${rss_max_h1} KiB  ($(cat "$W/logs/rss-load.txt"))"
+fi
 
 # ---------------------------------------------------------------- max throughput + CPU/request
+if phase max; then
 echo "== max throughput, ${DUR}s per point (h1: wrk -t1 -c50; h2c: h2load -t1 -c10 -m10); CPU = both proxies"
 maxrps direct-h1    h1  127.0.0.1:8080
 maxrps weft-h1      h1  $C:19101 "$SC_CL" "$SC_H1"
@@ -279,13 +293,16 @@ maxrps weft-h2c-h1  h2c $C:19101 "$SC_CL" "$SC_H1"
 maxrps hap-h2c-h1   h2c 127.0.0.1:9181 $hap_pids
 maxrps weft-h2c-h2c h2c $C:19102 "$SC_CL" "$SC_H2"
 maxrps hap-h2c-h2c  h2c 127.0.0.1:9191 $hap_pids
+fi
 
 # ---------------------------------------------------------------- one bulk stream
+if phase bulk; then
 echo "== one bulk TCP stream (iperf3, ${DUR}s)"
 bulk direct  127.0.0.1 5201
 bulk weft    $C        19103
 bulk hap-l4  127.0.0.1 9192
 PEAK_CL=$(hwm_kib "$SC_CL"); PEAK_H1=$(hwm_kib "$SC_H1"); PEAK_TCP=$(hwm_kib "$SC_TCP")
+fi
 
 # ---------------------------------------------------------------- report
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else printf "-" }'; }
