@@ -20,7 +20,7 @@ const NO_HOST: Refusal = Refusal {
 /// Trailers cross in both directions, also to and from HTTP/1.1 peers, when they are
 /// declared up front in a `Trailer` header (which HTTP/1.1 requires, and hyper's
 /// HTTP/1.1 sides enforce): request trailers reach the app; response trailers reach a
-/// client that accepts them (`TE: trailers`). Undeclared trailers (as h2 peers usually
+/// client that accepts them (`TE: trailers`, with `Connection: TE` from HTTP/1.1). Undeclared trailers (as h2 peers usually
 /// send them) cross between HTTP/2 peers; towards an HTTP/1.1 peer they are dropped,
 /// never merged into the header section, and the message is otherwise whole (a known
 /// gap: their names would have to be known before the body starts).
@@ -60,7 +60,13 @@ async fn trailers_cross_both_ways(p: &Paths) {
             paths.push(("/trailers?declare=0", false));
         }
         for (path, declared) in paths {
-            let a = p.curl(cell, &["-H", "TE: trailers"], path);
+            // An HTTP/1.1 client that sends TE must name it in Connection too.
+            let te: &[&str] = if cell.client.is_h2() {
+                &["-H", "TE: trailers"]
+            } else {
+                &["-H", "TE: trailers", "-H", "Connection: TE"]
+            };
+            let a = p.curl(cell, te, path);
             f.check(cell, a.exit == 0 && a.status == 200, || a.brief());
             f.check(cell, a.json().is_ok(), || {
                 format!("{path}: the body is not whole")

@@ -89,18 +89,27 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 
 /// Removes hop-by-hop fields, first those `Connection` names, and returns whether `TE`
 /// asked for trailers.
+///
+/// `TE` is read first: an HTTP/1.1 client that sends it must also name it in
+/// `Connection` (RFC 9110 §10.1.4), so reading it after that removal would lose every
+/// conforming client's request for trailers. It goes with the fixed set below and
+/// [`keep_te_trailers`] sets it again for the next hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    let te_trailers = headers.contains_key(header::TE)
+        && tokens(headers, header::TE).any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     if headers.contains_key(header::CONNECTION) {
-        // `close` and the fixed set (an HTTP/1.1 peer's `keep-alive`, nearly always)
-        // need no removal of their own: nothing is collected for them. `TE` is removed
-        // here, before it is read below.
+        // `close` and the fixed set (an HTTP/1.1 peer's `keep-alive`, nearly always,
+        // and `TE`) need no removal of their own: nothing is collected for them.
         let named: Vec<HeaderName> = tokens(headers, header::CONNECTION)
             .filter(|t| {
                 !t.eq_ignore_ascii_case("close")
-                    && (t.eq_ignore_ascii_case("te")
-                        || !HOP_BY_HOP
-                            .iter()
-                            .any(|h| t.eq_ignore_ascii_case(h.as_str())))
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_str()))
             })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
@@ -108,12 +117,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
             headers.remove(&name);
         }
     }
-    let te_trailers = headers.contains_key(header::TE)
-        && tokens(headers, header::TE).any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
     // One pass over the message's names finds which of the fixed set it carries (most
     // carry none, an HTTP/1.1 response `connection`): only those are hashed for removal.
     let mut present = [false; HOP_BY_HOP.len()];
@@ -306,9 +309,10 @@ mod tests {
         assert!(!strip_hop_by_hop(&mut h));
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-length"]);
-        // A TE that Connection names is gone before it is read.
+        // A conforming HTTP/1.1 client names TE in Connection: its request for
+        // trailers is read before either goes.
         let mut h = map(&[("connection", "TE"), ("te", "trailers")]);
-        assert!(!strip_hop_by_hop(&mut h));
+        assert!(strip_hop_by_hop(&mut h), "TE: trailers with Connection: TE");
         assert!(h.is_empty());
     }
 
