@@ -180,6 +180,22 @@ impl ControlPlane {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Creates the `tcp` service `name` on a free outbound port, and returns the port.
+    pub fn create_tcp_service(&self, name: &str) -> u16 {
+        let port = free_port();
+        let port_arg = port.to_string();
+        self.weftctl_ok(&[
+            "service",
+            "create",
+            name,
+            "--protocol",
+            "tcp",
+            "--port",
+            &port_arg,
+        ]);
+        port
+    }
+
     /// SIGKILL, no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

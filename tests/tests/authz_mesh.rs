@@ -279,16 +279,7 @@ async fn exchange(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn a_denied_tcp_connection_closes_with_no_byte_at_the_app() {
     let cp = ControlPlane::start(&[]).await;
-    let port = free_port();
-    cp.weftctl_ok(&[
-        "service",
-        "create",
-        "raw",
-        "--protocol",
-        "tcp",
-        "--port",
-        &port.to_string(),
-    ]);
+    let port = cp.create_tcp_service("raw");
     let (app, received) = recording_echo().await;
     let _raw = Sidecar::start(&cp, "raw", app, "eu").await;
     let (_ca, client) = client_sidecar(&cp).await;
@@ -350,16 +341,7 @@ async fn h2_as(
 #[tokio::test]
 async fn an_ingress_certificate_cannot_open_a_tunnel_or_send_a_request() {
     let cp = ControlPlane::start(&[]).await;
-    let port = free_port();
-    cp.weftctl_ok(&[
-        "service",
-        "create",
-        "raw",
-        "--protocol",
-        "tcp",
-        "--port",
-        &port.to_string(),
-    ]);
+    cp.create_tcp_service("raw");
     let (app, received) = recording_echo().await;
     let raw = Sidecar::start(&cp, "raw", app, "eu").await;
     let (_wa, web) = deploy(&cp, "web", "http", 0, "h1", "eu").await;

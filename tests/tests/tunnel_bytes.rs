@@ -26,16 +26,7 @@ struct RawMesh {
 
 async fn raw_mesh() -> RawMesh {
     let cp = ControlPlane::start(&[]).await;
-    let port = free_port();
-    cp.weftctl_ok(&[
-        "service",
-        "create",
-        "raw",
-        "--protocol",
-        "tcp",
-        "--port",
-        &port.to_string(),
-    ]);
+    let port = cp.create_tcp_service("raw");
     let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = Sidecar::start(&cp, "raw", app.local_addr().unwrap(), "eu").await;
     let (capp, client) = client_sidecar(&cp).await;
