@@ -122,3 +122,12 @@ pub fn py_ok(script: &str, args: &[&str]) -> serde_json::Value {
     );
     json
 }
+
+/// The id a `weftctl ... create` command printed: the first column of its one row.
+pub fn created_id(out: &str) -> String {
+    out.lines()
+        .nth(1)
+        .and_then(|row| row.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no created row in {out:?}"))
+        .to_owned()
+}

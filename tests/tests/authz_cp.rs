@@ -11,7 +11,7 @@ use tonic::Code;
 use weft_proto::v1::identity_client::IdentityClient;
 use weft_proto::v1::{DataplaneKind, IssueCertificateRequest};
 use weft_tests::postgres::Shared;
-use weft_tests::{ControlPlane, DataplaneIdentity, Subscriber, sidecar_hello};
+use weft_tests::{ControlPlane, DataplaneIdentity, Subscriber, created_id, sidecar_hello};
 
 /// (exit code, stdout, stderr) of weftctl.
 fn run(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
@@ -21,17 +21,6 @@ fn run(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// The id of the permission a create command printed (first column of its row).
-fn created_id(out: &str) -> String {
-    out.lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 #[tokio::test]

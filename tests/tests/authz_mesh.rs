@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_proto::v1::DataplaneKind;
 use weft_tests::{
-    ControlPlane, Gateway, Ingress, Proc, Sidecar, bin, client_sidecar, curl, deploy, eventually,
-    free_port, loopback_ip, metric, py,
+    ControlPlane, Gateway, Ingress, Proc, Sidecar, bin, client_sidecar, created_id, curl, deploy,
+    eventually, free_port, loopback_ip, metric, py,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -53,17 +53,6 @@ async fn expect(what: &str, call: impl Fn() -> (u16, String), status: u16, says:
     }
 }
 
-/// The id of the permission a create command printed.
-fn created(out: &str) -> String {
-    out.lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn every_selector_allows_denies_and_audits_through_sidecars_and_the_gateway() {
     let cp = ControlPlane::start(&[]).await;
@@ -89,11 +78,12 @@ async fn every_selector_allows_denies_and_audits_through_sidecars_and_the_gatewa
     expect("gateway, default", via_gw, 200, &[]).await;
 
     // An exact service and an exact gateway are denied; others are not.
-    let d1 = created(&cp.weftctl_ok(&["permission", "deny", "--from", "frontend", "--to", "web"]));
+    let d1 =
+        created_id(&cp.weftctl_ok(&["permission", "deny", "--from", "frontend", "--to", "web"]));
     expect("frontend denied", via(&frontend), 403, &[code, &d1]).await;
     expect("batch still allowed", via(&batch), 200, &[]).await;
     expect("gateway still allowed", via_gw, 200, &[]).await;
-    let d2 = created(&cp.weftctl_ok(&[
+    let d2 = created_id(&cp.weftctl_ok(&[
         "permission",
         "deny",
         "--from",
@@ -131,7 +121,7 @@ async fn every_selector_allows_denies_and_audits_through_sidecars_and_the_gatewa
         "1",
     ]);
     let app_port = web_app.addr.port().to_string();
-    let on_port = created(&cp.weftctl_ok(&[
+    let on_port = created_id(&cp.weftctl_ok(&[
         "permission",
         "allow",
         "--from",
@@ -201,8 +191,9 @@ async fn a_denied_grpc_call_is_permission_denied_with_the_rule() {
     assert_eq!(unary(&via_client)["ok"], true);
     assert_eq!(unary(&via_gw)["ok"], true);
 
-    let deny = created(&cp.weftctl_ok(&["permission", "deny", "--from", "client", "--to", "echo"]));
-    let gw_deny = created(&cp.weftctl_ok(&[
+    let deny =
+        created_id(&cp.weftctl_ok(&["permission", "deny", "--from", "client", "--to", "echo"]));
+    let gw_deny = created_id(&cp.weftctl_ok(&[
         "permission",
         "deny",
         "--from",
