@@ -42,6 +42,19 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// [`provider`] with AES-128-GCM first, for connections between Weft components: both
+/// ends are ours, so the order chosen here is the suite used. AES-128 runs 10 AES rounds
+/// per block where AES-256 runs 14, and on the tunnel every byte a mesh carries is
+/// sealed once and opened once, so this is a measurable share of a bulk stream's CPU
+/// (see docs/benchmarks.md). AES-128-GCM is TLS 1.3's mandatory suite and what
+/// BoringSSL-based proxies prefer; AES-256-GCM and ChaCha20-Poly1305 stay offered.
+fn mesh_provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    let aes128 = rustls::CipherSuite::TLS13_AES_128_GCM_SHA256;
+    p.cipher_suites.sort_by_key(|s| s.suite() != aes128);
+    Arc::new(p)
+}
+
 /// Mesh server: TLS 1.3, requires a client certificate that chains to `bundle` and carries
 /// exactly one SPIFFE id. Read the caller's id with [`peer_spiffe_id`] after the handshake;
 /// authorisation (which ids may connect) is the caller's business.
@@ -50,7 +63,7 @@ pub fn mesh_server_config(
     bundle: &TrustBundle,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, CertError> {
-    server_config(id, bundle, alpn, MESH_VERSIONS, true, None)
+    server_config(mesh_provider(), id, bundle, alpn, MESH_VERSIONS, true, None)
 }
 
 /// [`mesh_server_config`] that also refuses client certificates listed in `revoked`
@@ -61,7 +74,15 @@ pub fn mesh_server_config_with_revocations(
     alpn: &[&[u8]],
     revoked: &Arc<Revocations>,
 ) -> Result<Arc<ServerConfig>, CertError> {
-    server_config(id, bundle, alpn, MESH_VERSIONS, true, Some(revoked.clone()))
+    server_config(
+        mesh_provider(),
+        id,
+        bundle,
+        alpn,
+        MESH_VERSIONS,
+        true,
+        Some(revoked.clone()),
+    )
 }
 
 /// Control-plane server: like [`mesh_server_config`] but client certificates are optional
@@ -72,10 +93,11 @@ pub fn control_plane_server_config(
     bundle: &TrustBundle,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, CertError> {
-    server_config(id, bundle, alpn, CP_VERSIONS, false, None)
+    server_config(provider(), id, bundle, alpn, CP_VERSIONS, false, None)
 }
 
 fn server_config(
+    provider: Arc<CryptoProvider>,
     id: &Identity,
     bundle: &TrustBundle,
     alpn: &[&[u8]],
@@ -83,7 +105,6 @@ fn server_config(
     client_cert_required: bool,
     revoked: Option<Arc<Revocations>>,
 ) -> Result<Arc<ServerConfig>, CertError> {
-    let provider = provider();
     let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(bundle.root_store()),
         Arc::clone(&provider),
@@ -135,7 +156,7 @@ fn client_config(
     alpn: &[&[u8]],
     revoked: Option<Arc<Revocations>>,
 ) -> Result<Arc<ClientConfig>, CertError> {
-    let provider = provider();
+    let provider = mesh_provider();
     let verifier = Arc::new(SpiffeServerVerifier {
         roots: bundle.root_store(),
         expected: expected.clone(),

@@ -45,6 +45,27 @@ async fn mesh_mtls_succeeds_and_server_sees_client_id() {
 }
 
 #[tokio::test]
+async fn mesh_connections_seal_with_aes_128_gcm() {
+    let ca = CertificateAuthority::generate(&td()).unwrap();
+    let b = bundle(&ca);
+    let server_id = identity(&ca, &svc("backend"), DAY);
+    let client_id = identity(&ca, &svc("frontend"), DAY);
+    let server = mesh_server_config(&server_id, &b, ALPN).unwrap();
+    let client = mesh_client_config(&client_id, &b, &svc("backend"), ALPN).unwrap();
+    let (s, c) = handshake(server, client, "backend").await;
+    let (s, c) = (s.unwrap(), c.unwrap());
+    for suite in [
+        s.get_ref().1.negotiated_cipher_suite(),
+        c.get_ref().1.negotiated_cipher_suite(),
+    ] {
+        assert_eq!(
+            suite.map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+    }
+}
+
+#[tokio::test]
 async fn revoked_certificates_are_refused_on_both_sides_from_the_next_handshake() {
     let ca = CertificateAuthority::generate(&td()).unwrap();
     let b = bundle(&ca);
