@@ -31,7 +31,9 @@ pub async fn serve_translated<T>(
     let pair = conn.pair().clone();
     let svc = hyper::service::service_fn(move |req| {
         let (d, pair) = (d.clone(), pair.clone());
-        async move { Ok::<_, Infallible>(app::forward(req, selector, &d, &pair).await) }
+        // Boxed: hyper moves each stream's future into a task of its own, and the
+        // state machine of `forward` is kilobytes; boxed, only a pointer moves.
+        Box::pin(async move { Ok::<_, Infallible>(app::forward(req, selector, &d, &pair).await) })
     });
     let io = TokioIo::new(io);
     let r = if client_h2 {
@@ -87,12 +89,13 @@ where
     let caller = Arc::new(caller);
     let svc = hyper::service::service_fn(move |req| {
         let (d, caller, pair) = (d.clone(), caller.clone(), pair.clone());
-        async move {
+        // Boxed for the reason given in `serve_translated`.
+        Box::pin(async move {
             if let Err(denied) = d.admit(&caller) {
                 return Ok::<_, Infallible>(Respond::to(&req).reject(&denied));
             }
             Ok(app::forward(req, d.selector(), &d, &pair).await)
-        }
+        })
     });
     let builder = limits::mesh_h2_server();
     let conn = builder.serve_connection(TokioIo::new(io), svc);
