@@ -44,7 +44,6 @@ pub struct ProtoPair {
     pub outbound: &'static str,
 }
 
-/// Every metric a dataplane exports.
 /// Labels of one authorization decision: the caller as rules name it (`web`,
 /// `gateway:edge`, `ingress:us`: mesh identities, so the set is bounded), the local
 /// service, and `allow`, `deny` or `audit`.
@@ -55,6 +54,7 @@ pub struct AuthzLabels {
     pub decision: &'static str,
 }
 
+/// Every metric a dataplane exports.
 pub struct Metrics {
     registry: Registry,
     pub authz: Family<AuthzLabels, Counter>,

@@ -26,7 +26,7 @@ use super::routes;
 use super::upstream::{Hold, Upstreams};
 use crate::control::config::{MeshConfig, RouteEntry, Selector};
 use crate::errors::{
-    Body, ERROR_CODE_HEADER, MeshError, Rejection, Respond, boxed, full, grpc_to_http_message,
+    Body, ERROR_CODE_NAME, MeshError, Rejection, Respond, boxed, full, grpc_to_http_message,
 };
 use crate::http::limits::{self, MAX_HEADER_BYTES};
 use crate::http::{authority, convert, headers, ws};
@@ -176,7 +176,7 @@ impl Gateway {
             error_code: routed
                 .parts
                 .headers
-                .get(ERROR_CODE_HEADER)
+                .get(&ERROR_CODE_NAME)
                 .and_then(|v| MeshError::from_code(v.as_bytes()))
                 .map_or("", MeshError::code),
         };

@@ -29,7 +29,7 @@ use parking_lot::RwLock;
 use super::replay::Replayable;
 use crate::control::config::EndpointEntry;
 use crate::control::config::MeshConfig;
-use crate::errors::{Body, ERROR_CODE_HEADER, MeshError, Rejection};
+use crate::errors::{Body, ERROR_CODE_NAME, MeshError, Rejection};
 use crate::http::limits::{self, Limiter, MESH_MAX_STREAMS, Overloaded, Slot};
 use crate::outbound::attempts::Attempts;
 use crate::outbound::balance::{Balancer, InFlight};
@@ -417,7 +417,7 @@ impl Upstreams {
 fn app_unavailable(response: &Response<Incoming>) -> bool {
     response
         .headers()
-        .get(ERROR_CODE_HEADER)
+        .get(&ERROR_CODE_NAME)
         .map(|v| v.as_bytes())
         == Some(MeshError::NoEndpoint.code().as_bytes())
 }

@@ -18,7 +18,7 @@
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::errors::{ERROR_CODE_HEADER, Rejection};
+use crate::errors::{ERROR_CODE_NAME, Rejection};
 
 /// Fields that describe one connection and never cross a hop, besides those named in
 /// `Connection`.
@@ -133,7 +133,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
 
 /// Removes the mesh's own error header: only the mesh may set it.
 pub fn strip_reserved(headers: &mut HeaderMap) {
-    headers.remove(ERROR_CODE_HEADER);
+    headers.remove(&ERROR_CODE_NAME);
 }
 
 /// Sets `te: trailers` on a request going out over `to` when the client asked for
