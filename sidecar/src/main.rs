@@ -176,7 +176,26 @@ async fn shutdown_signal() {
     }
 }
 
+/// Makes glibc's malloc keep the memory of freed tunnel buffers instead of handing it back
+/// to the kernel at each free.
+///
+/// A tunnel moves its bytes through buffers of 16-256 KiB that are freed as soon as they
+/// are written. With glibc's initial settings, blocks of 128 KiB and more are mapped and
+/// unmapped one by one, and a thread's arena is trimmed whenever 128 KiB at its top are
+/// free: every page was faulted in and zeroed again for the next buffer, about one page
+/// fault per 4 KiB carried (about 230 per MB), a third of the sidecars' CPU on a bulk
+/// stream (docs/benchmarks.md). glibc raises both thresholds by itself once a mapped block is
+/// freed (mallopt(3), "dynamic mmap threshold": the mmap threshold to the block's size,
+/// the trim threshold to twice that), so one block of [`KEEP`] reserved and freed here
+/// sets them. Its pages are never touched, so this costs no memory; other allocators
+/// ignore it.
+fn keep_freed_buffers() {
+    const KEEP: usize = 1024 * 1024;
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(KEEP)));
+}
+
 fn main() -> ExitCode {
+    keep_freed_buffers();
     let cli = Cli::parse();
     init_logs(&cli.log_format);
     let rt = match tokio::runtime::Runtime::new() {
