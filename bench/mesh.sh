@@ -6,6 +6,7 @@
 #
 #   bench/mesh.sh                  # builds release binaries, runs (~6 min), prints the table
 #   DUR=5 bench/mesh.sh            # seconds per point (default 10)
+#   ROUNDS=5 bench/mesh.sh         # max-throughput and bulk points repeated, interleaved; medians
 #   SKIP_BUILD=1 bench/mesh.sh     # use the binaries already in target/release
 #   BIN_DIR=DIR SKIP_BUILD=1 ...   # use the binaries in DIR instead (before/after comparisons)
 #   QUIET_WAIT=0 bench/mesh.sh     # do not wait for a quiet machine (default: up to 300 s)
@@ -24,6 +25,7 @@ root=$(pwd)
 DUR=${DUR:-10}
 RATE=${RATE:-2000}
 RSS_RATE=${RSS_RATE:-1000}
+ROUNDS=${ROUNDS:-1}   # rounds of the max and bulk phases; each figure is the median over them
 PHASES=${PHASES:-lat,rss,max,bulk}   # which measurements to run
 phase() { [[ ",$PHASES," == *",$1,"* ]]; }
 SIDECAR_CPUS=${SIDECAR_CPUS:-1}   # e.g. 0,1: the sidecars get both CPUs (tokio then runs 2 workers)
@@ -67,7 +69,8 @@ cleanup() {
   wait 2>/dev/null || true
   [ "${KEEP:-0}" = 1 ] && echo "(kept $W)" || rm -rf "$W"
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap "exit 130" INT TERM   # runs cleanup through the EXIT trap (and ends `hold`)
 mkdir -p "$W/run" "$W/certs" "$W/nginx" "$W/logs"
 srv() { taskset -c 1 "$@"; }   # servers: CPU 1 (background ones call taskset directly, so \$! is the server)
 gen() { taskset -c 0 "$@"; }   # load generators: CPU 0
@@ -182,10 +185,13 @@ hap_pids="$(cat "$W/run/haproxy-out.pid") $(cat "$W/run/haproxy-in.pid")"
 # ---------------------------------------------------------------- helpers
 HZ=$(getconf CLK_TCK)
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+# median of the numbers given ("-" when none; the lower middle one of an even count)
+median() { printf '%s\n' "$@" | awk '/^[0-9.]+$/' | sort -g | awk '{v[NR]=$1} END{ if (NR == 0) print "-"; else print v[int((NR + 1) / 2)] }'; }
+faults() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $10}' "/proc/$p/stat"))); done; echo $t; }
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
 kv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
-declare -A RPS CPU CPUR P50 P99 ERR GBPS
+declare -A RPS CPU CPUR P50 P99 ERR GBPS ALL_RPS ALL_CPU ALL_GBPS FPM
 rss_max_cl=0; rss_max_h1=0; PEAK_CL=-; PEAK_H1=-; PEAK_TCP=-
 
 # max throughput: name proto addr pids...  (proto h1: wrk -t1 -c50; h2c: h2load -t1 -c10 -m10)
@@ -213,6 +219,7 @@ maxrps() {
     CPU[$name]=-
   fi
   printf '   %-16s %8s req/s  cpu %6s us/req  errors %s\n' "$name" "${RPS[$name]}" "${CPU[$name]}" "${ERR[$name]}"
+  ALL_RPS[$name]+=" ${RPS[$name]}"; ALL_CPU[$name]+=" ${CPU[$name]}"
 }
 # fixed-rate latency: name addr proto pids...  (CPU of pids over the run, per request sent)
 lat() {
@@ -233,11 +240,21 @@ lat() {
   [ -z "$e" ] && echo "      $out" || true
 }
 bulk() {
-  local out
-  out=$(gen iperf3 -c "$2" -p "$3" -t "$DUR" -f g 2>&1) || { sleep 2; out=$(gen iperf3 -c "$2" -p "$3" -t "$DUR" -f g 2>&1) || true; }
-  echo "$out" >"$W/logs/bulk-$1.txt"
-  GBPS[$1]=$(awk '/receiver/{for(i=1;i<=NF;i++) if($i=="Gbits/sec") print $(i-1)}' <<<"$out" | tail -1)
-  printf '   %-16s %6s Gbit/s\n' "$1" "${GBPS[$1]:-?}"
+  # iperf3 -s runs one test at a time, and the sidecar's app probe (at start, then every
+  # 30 s: an HTTP/2 preface, then OPTIONS, each waiting up to 2 s for an answer iperf3
+  # never gives) holds that slot while it waits: a test refused then is tried again.
+  # name host port pids...: the proxies' page faults are counted per MB carried (a
+  # proxy that hands freed buffers back to the kernel faults every page in again).
+  local name=$1 host=$2 port=$3 out f0 f1 mb; shift 3
+  f0=$(faults "$@")
+  out=$(gen iperf3 -c "$host" -p "$port" -t "$DUR" -f g 2>&1) || { sleep 2; f0=$(faults "$@"); out=$(gen iperf3 -c "$host" -p "$port" -t "$DUR" -f g 2>&1) || true; }
+  f1=$(faults "$@")
+  echo "$out" >"$W/logs/bulk-$name.txt"
+  GBPS[$name]=$(awk '/receiver/{for(i=1;i<=NF;i++) if($i=="Gbits/sec") print $(i-1)}' <<<"$out" | tail -1)
+  mb=$(awk '/receiver/{for(i=1;i<=NF;i++) if($i=="GBytes") print $(i-1) * 1024; else if($i=="MBytes") print $(i-1)}' <<<"$out" | tail -1)
+  FPM[$name]=$([ $# -gt 0 ] && awk -v f=$((f1 - f0)) -v m="${mb:-0}" 'BEGIN{ if (m > 0) printf "%.1f", f / m; else printf "-" }' || echo -)
+  printf '   %-16s %6s Gbit/s  page faults %s per MB\n' "$name" "${GBPS[$name]:-?}" "${FPM[$name]}"
+  ALL_GBPS[$name]+=" ${GBPS[$name]:-}"
   sleep 1
 }
 
@@ -283,6 +300,8 @@ fi
 
 # ---------------------------------------------------------------- max throughput + CPU/request
 if phase max; then
+for round in $(seq 1 "$ROUNDS"); do
+if [ "$ROUNDS" -gt 1 ]; then echo "   -- round $round of $ROUNDS"; fi
 echo "== max throughput, ${DUR}s per point (h1: wrk -t1 -c50; h2c: h2load -t1 -c10 -m10); CPU = both proxies"
 maxrps direct-h1    h1  127.0.0.1:8080
 maxrps weft-h1      h1  $C:19101 "$SC_CL" "$SC_H1"
@@ -293,14 +312,20 @@ maxrps weft-h2c-h1  h2c $C:19101 "$SC_CL" "$SC_H1"
 maxrps hap-h2c-h1   h2c 127.0.0.1:9181 $hap_pids
 maxrps weft-h2c-h2c h2c $C:19102 "$SC_CL" "$SC_H2"
 maxrps hap-h2c-h2c  h2c 127.0.0.1:9191 $hap_pids
+done
+for k in "${!ALL_RPS[@]}"; do RPS[$k]=$(median ${ALL_RPS[$k]}); CPU[$k]=$(median ${ALL_CPU[$k]}); done
+if [ "$ROUNDS" -gt 1 ]; then echo "   (the report below takes the median of the $ROUNDS rounds for each point)"; fi
 fi
 
 # ---------------------------------------------------------------- one bulk stream
 if phase bulk; then
+for round in $(seq 1 "$ROUNDS"); do
 echo "== one bulk TCP stream (iperf3, ${DUR}s)"
 bulk direct  127.0.0.1 5201
-bulk weft    $C        19103
-bulk hap-l4  127.0.0.1 9192
+bulk weft    $C        19103 "$SC_CL" "$SC_TCP"
+bulk hap-l4  127.0.0.1 9192 $hap_pids
+done
+for k in "${!ALL_GBPS[@]}"; do GBPS[$k]=$(median ${ALL_GBPS[$k]}); done
 PEAK_CL=$(hwm_kib "$SC_CL"); PEAK_H1=$(hwm_kib "$SC_H1"); PEAK_TCP=$(hwm_kib "$SC_TCP")
 fi
 
@@ -329,23 +354,30 @@ echo "(us-cpu: CPU microseconds per request of the two proxies together at max t
 echo " p50/p99 in us at $RATE req/s open loop; +p50/+p99: added over direct with the same client protocol;"
 echo " rps/peer: Weft over the HAProxy chain doing the same job (L4 tunnel for h1→h1 and h2c→h2c, L7 for h2c→h1))"
 echo
-printf 'bulk (1 stream) Gbit/s: direct %s, weft %s, haproxy-L4 %s  (weft/direct %s, weft/haproxy %s)\n' \
-  "${GBPS[direct]:-?}" "${GBPS[weft]:-?}" "${GBPS[hap-l4]:-?}" "$(ratio "${GBPS[weft]:-}" "${GBPS[direct]:-}")" "$(ratio "${GBPS[weft]:-}" "${GBPS[hap-l4]:-}")"
+printf 'bulk (1 stream) Gbit/s: direct %s, weft %s, haproxy-L4 %s  (weft/direct %s, weft/haproxy %s; page faults per MB, last round: weft %s, haproxy %s)\n' \
+  "${GBPS[direct]:-?}" "${GBPS[weft]:-?}" "${GBPS[hap-l4]:-?}" "$(ratio "${GBPS[weft]:-}" "${GBPS[direct]:-}")" "$(ratio "${GBPS[weft]:-}" "${GBPS[hap-l4]:-}")" "${FPM[weft]:--}" "${FPM[hap-l4]:--}"
 printf 'sidecar RSS KiB: idle client %s server %s; at %s req/s client %s server %s; peak after the run client %s server %s bulk-server %s\n' \
   "$IDLE_CL" "$IDLE_H1" "$RSS_RATE" "$rss_max_cl" "$rss_max_h1" "$PEAK_CL" "$PEAK_H1" "$PEAK_TCP"
 echo
-echo "== goals"
-goal() { printf '  %-52s %-12s %s\n' "$1" "$2" "$3"; }
-worst_cpu=$(printf '%s\n' "${CPU[weft-h1]:-}" "${CPU[weft-h2c-h1]:-}" "${CPU[weft-h2c-h2c]:-}" | sort -g | tail -1)
+echo "== goals (ratios to the HAProxy chain measured in this run)"
+goal() { printf '  %-60s %-12s %s\n' "$1" "$2" "$3"; }
 worst_p50=$(printf '%s\n' "$(diff_ "${P50[weft-h1]:-}" "${P50[direct-h1]:-}")" "$(diff_ "${P50[weft-h2c-h1]:-}" "${P50[direct-h2c]:-}")" "$(diff_ "${P50[weft-h2c-h2c]:-}" "${P50[direct-h2c]:-}")" | sort -g | tail -1)
 worst_p99=$(printf '%s\n' "$(diff_ "${P99[weft-h1]:-}" "${P99[direct-h1]:-}")" "$(diff_ "${P99[weft-h2c-h1]:-}" "${P99[direct-h2c]:-}")" "$(diff_ "${P99[weft-h2c-h2c]:-}" "${P99[direct-h2c]:-}")" | sort -g | tail -1)
 ok() { awk -v v="$1" -v g="$2" 'BEGIN{ print (v != "" && v != "-" && v+0 <= g+0) ? "met" : "MISSED" }'; }
-okge() { awk -v v="$1" -v g="$2" 'BEGIN{ print (v != "" && v+0 >= g+0) ? "met" : "MISSED" }'; }
-goal "CPU of both sidecars <= 25 us/request (worst path)" "${worst_cpu} us" "$(ok "$worst_cpu" 25)"
-goal "added p50 at $RATE req/s <= 150 us (worst path)" "${worst_p50} us" "$(ok "$worst_p50" 150)"
+okge() { awk -v v="$1" -v g="$2" 'BEGIN{ print (v != "" && v != "-" && v+0 >= g+0) ? "met" : "MISSED" }'; }
+# req/s per core = 1 / CPU per request, so Weft's over the peer's is the peer's CPU over Weft's.
+cpu_l7=$(ratio "${CPU[weft-h2c-h1]:-}" "${CPU[hap-h2c-h1]:-}")
+core_h1=$(ratio "${CPU[hap-l4-h1]:-}" "${CPU[weft-h1]:-}")
+core_h2=$(ratio "${CPU[hap-h2c-h2c]:-}" "${CPU[weft-h2c-h2c]:-}")
+bulk_r=$(ratio "${GBPS[weft]:-}" "${GBPS[hap-l4]:-}")
+goal "h2c->h1: CPU per request <= HAProxy L7's (stretch 0.7x)" "${cpu_l7}x" "$(ok "$cpu_l7" 1)"
+goal "h1->h1 (spliced): req/s per core >= 1.5x HAProxy L4's" "${core_h1}x" "$(okge "$core_h1" 1.5)"
+goal "h2c->h2c (spliced): req/s per core >= 1.5x HAProxy L4's" "${core_h2}x" "$(okge "$core_h2" 1.5)"
+goal "one bulk stream >= 1.25x HAProxy L4's" "${bulk_r}x" "$(okge "$bulk_r" 1.25)"
+goal "one bulk stream >= 6 Gbit/s" "${GBPS[weft]:-?} Gbit/s" "$(okge "${GBPS[weft]:-0}" 6)"
+goal "added p50 at $RATE req/s <= 100 us (worst path)" "${worst_p50} us" "$(ok "$worst_p50" 100)"
 quiet=$(awk -v a="${P99[direct-h1]:-0}" -v b="${P99[direct-h2c]:-0}" 'BEGIN{ print (a < 1000 && b < 1000) ? "" : " (direct p99 over 1 ms: machine busy, tails not meaningful)" }')
-goal "added p99 at $RATE req/s <= 300 us (worst path)" "${worst_p99} us" "$(ok "$worst_p99" 300)$quiet"
-goal "one bulk stream >= 5 Gbit/s" "${GBPS[weft]:-?} Gbit/s" "$(okge "${GBPS[weft]:-0}" 5)"
+goal "added p99 at $RATE req/s <= 250 us (worst path)" "${worst_p99} us" "$(ok "$worst_p99" 250)$quiet"
 mb() { awk -v k="$1" 'BEGIN{ printf "%.1f", k * 1024 / 1e6 }'; }
 idle_mb=$(mb $(( IDLE_CL > IDLE_H1 ? IDLE_CL : IDLE_H1 ))); load_mb=$(mb $(( rss_max_cl > rss_max_h1 ? rss_max_cl : rss_max_h1 )))
 goal "sidecar idle RSS < 10 MB (larger of the two)" "$idle_mb MB" "$(awk -v v="$idle_mb" 'BEGIN{print v < 10 ? "met" : "MISSED"}')"
