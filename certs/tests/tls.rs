@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{DAY, bundle, handshake, identity, ping, server_identity, svc, td};
+use common::{DAY, Handshake, bundle, handshake, identity, ping, server_identity, svc, td};
 use tokio::io::AsyncReadExt;
 use weft_certs::{
     CertificateAuthority, Revocations, TrustBundle, control_plane_client_config,
@@ -14,17 +14,22 @@ use weft_certs::{
 
 const ALPN: &[&[u8]] = &[b"h2"];
 
-#[tokio::test]
-async fn mesh_mtls_succeeds_and_server_sees_client_id() {
+/// `frontend` connects to `backend` (one CA), both with the mesh configs; the SNI sent is
+/// `sni`.
+async fn frontend_to_backend(sni: &str) -> Handshake {
     let ca = CertificateAuthority::generate(&td()).unwrap();
     let b = bundle(&ca);
     let server_id = identity(&ca, &svc("backend"), DAY);
     let client_id = identity(&ca, &svc("frontend"), DAY);
-
     let server = mesh_server_config(&server_id, &b, ALPN).unwrap();
     let client = mesh_client_config(&client_id, &b, &svc("backend"), ALPN).unwrap();
+    handshake(server, client, sni).await
+}
+
+#[tokio::test]
+async fn mesh_mtls_succeeds_and_server_sees_client_id() {
     // The SNI is irrelevant to the identity decision; use something unrelated.
-    let (s, c) = handshake(server, client, "anything.invalid").await;
+    let (s, c) = frontend_to_backend("anything.invalid").await;
     let (mut s, mut c) = (s.unwrap(), c.unwrap());
 
     let conn = s.get_ref().1;
@@ -46,13 +51,7 @@ async fn mesh_mtls_succeeds_and_server_sees_client_id() {
 
 #[tokio::test]
 async fn mesh_connections_seal_with_aes_128_gcm() {
-    let ca = CertificateAuthority::generate(&td()).unwrap();
-    let b = bundle(&ca);
-    let server_id = identity(&ca, &svc("backend"), DAY);
-    let client_id = identity(&ca, &svc("frontend"), DAY);
-    let server = mesh_server_config(&server_id, &b, ALPN).unwrap();
-    let client = mesh_client_config(&client_id, &b, &svc("backend"), ALPN).unwrap();
-    let (s, c) = handshake(server, client, "backend").await;
+    let (s, c) = frontend_to_backend("backend").await;
     let (s, c) = (s.unwrap(), c.unwrap());
     for suite in [
         s.get_ref().1.negotiated_cipher_suite(),
